@@ -1,0 +1,109 @@
+"""Run folders: where a run's settings and raw results live, written atomically.
+
+A run folder holds ``config.json`` (every setting, library versions, git commit) and the raw results
+(``curves.json`` for the least-squares scripts). Plot code reads these files back; it never trains.
+Every write goes to a temporary file that is renamed into place, so an interrupted run never leaves a
+half-written result behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Short stable hash of a settings dict; names run folders so a changed setting gets a new folder."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, Any]:
+    """Library versions and machine facts recorded beside every result."""
+    env: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                           "git_commit": git_commit()}
+    for name in ("torch", "aihwkit", "numpy"):
+        module = sys.modules.get(name)
+        env[name] = getattr(module, "__version__", None) if module else None
+    return env
+
+
+class RunFolder:
+    """``<out>/runs/<experiment>/<config hash>/``: one folder per distinct setting.
+
+    ``done`` is true when the results file exists, so rerunning the same command skips the work and
+    only redraws the figure.
+    """
+
+    def __init__(self, out: Path, experiment: str, config: dict[str, Any],
+                 results_name: str = "curves.json") -> None:
+        self.config = config
+        self.path = Path(out) / "runs" / experiment / config_hash(config)
+        self.results_path = self.path / results_name
+
+    @property
+    def done(self) -> bool:
+        return self.results_path.is_file()
+
+    def save(self, results: dict[str, Any], wall_time_s: float) -> None:
+        """Write config.json (with versions and the wall time) and the results, atomically."""
+        write_json(self.path / "config.json",
+                   {"config": self.config, "environment": environment(), "wall_time_s": wall_time_s})
+        write_json(self.results_path, results)
+
+    def load(self) -> dict[str, Any]:
+        return read_json(self.results_path)
+
+    def run_or_load(self, compute: Callable[[], dict[str, Any]], force: bool = False) -> dict[str, Any]:
+        """Return the finished results of this setting, computing and saving them first if needed."""
+        if self.done and not force:
+            print(f"reusing the finished run in {self.path} (--force recomputes)")
+            return self.load()
+        start = time.perf_counter()
+        results = compute()
+        self.save(results, wall_time_s=round(time.perf_counter() - start, 2))
+        print(f"raw results: {self.path}")
+        return results
