@@ -19,6 +19,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 from tqdm import tqdm
 
 from utils import cli
@@ -87,6 +88,8 @@ def plot(args, curves: dict) -> None:
         print(f"{name:12s} learning error: " + ", ".join(
             f"α={lr:g}: {e:.3e}" for lr, e in zip(args.lr, errors, strict=True)))
     ax_err.set(xscale="log", yscale="log", xlabel="Step size α", ylabel="Learning error")
+    ax_err.set_xticks(args.lr, [f"{lr:g}" for lr in args.lr])
+    ax_err.xaxis.set_minor_formatter(NullFormatter())
     ax_err.legend(loc="upper right")
     ax_err.grid(True, which="both", alpha=0.3)
 
