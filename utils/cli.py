@@ -80,3 +80,64 @@ def add_output_flags(parser: argparse.ArgumentParser, seed: int) -> None:
                         help="torch seed set before each run (default: %(default)s, the authors')")
     parser.add_argument("--force", action="store_true",
                         help="recompute even if a finished run with the same settings exists")
+
+
+def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epochs: int = 80,
+                       lr: float = 0.05) -> None:
+    """The flags of the MNIST training scripts: the authors' (--SETTING, --tau, --CUDA,
+    --save-checkpoint) with their defaults (EXPERIMENTS.md §7.1), then run and data management."""
+    from utils.devices import SETTINGS
+
+    parser.add_argument("--SETTING", choices=SETTINGS, default=SETTINGS[0],
+                        help="training algorithm (default: %(default)s)")
+    parser.add_argument("--tau", type=positive_float, default=1.0,
+                        help="device bound τ: weights live in [-τ, τ]; ignored by FP SGD "
+                             "(default: %(default)s)")
+    parser.add_argument("--CUDA", type=int, default=-1,
+                        help="GPU index, or -1 for the CPU (default: %(default)s); a GPU needs "
+                             "AIHWKit built with CUDA (aihwkit-gpu from conda-forge)")
+    parser.add_argument("--save-checkpoint", action="store_true",
+                        help="keep the final checkpoint as model.pt in the run folder (Figure 7)")
+    parser.add_argument("--seed", type=nonneg_int, default=0,
+                        help="torch seed of the initial weights and of the data order "
+                             "(default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=epochs,
+                        help="training epochs (default: %(default)s); a larger value continues a "
+                             "finished run")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help="training mini-batch size (default: %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=lr,
+                        help="initial learning rate, divided by 10 every 35 epochs "
+                             "(default: %(default)s)")
+    parser.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
+                        help="train on the first N training images only (quick runs)")
+    parser.add_argument("--data-root", type=Path, default=Path("data"),
+                        help="folder holding (or receiving) the MNIST files (default: %(default)s)")
+    parser.add_argument("--no-download", action="store_true",
+                        help="use only the files in --data-root; never fetch MNIST")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="results root; the run goes to OUT/runs/ (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="CPU threads of torch (default: %(default)s: run one job per "
+                             "core; 2 threads per job on a busy 2-core machine made FCN steps 10x "
+                             "slower)")
+
+
+def torch_device(cuda: int):
+    """The torch.device of ``--CUDA``: -1 is the CPU; a GPU index needs a GPU visible to torch and
+    an AIHWKit built with CUDA (the PyPI wheel is CPU-only)."""
+    import torch
+    from aihwkit.simulator.rpu_base import cuda as aihwkit_cuda
+
+    if cuda == -1:
+        return torch.device("cpu")
+    if cuda < -1:
+        raise UserError(f"--CUDA must be -1 (CPU) or a GPU index >= 0, got {cuda}")
+    if not torch.cuda.is_available():
+        raise UserError(f"--CUDA {cuda}: torch sees no CUDA GPU here; use --CUDA -1 (CPU)")
+    if not aihwkit_cuda.is_compiled():
+        raise UserError(f"--CUDA {cuda}: this AIHWKit was built without CUDA (the PyPI wheel is "
+                        "CPU-only; install aihwkit-gpu from conda-forge); use --CUDA -1 (CPU)")
+    if cuda >= torch.cuda.device_count():
+        raise UserError(f"--CUDA {cuda}: only {torch.cuda.device_count()} GPU(s) visible")
+    return torch.device(f"cuda:{cuda}")

@@ -1,0 +1,116 @@
+"""Figure 7: weight values and device saturation of the trained MNIST FCN (checks Assumption 4).
+
+Reads the final FCN checkpoints (model.pt) at τ = 0.7 of digital SGD, Analog SGD and Tiki-Taka, made by
+
+    python S4.1-mnist-FCN.py --SETTING "FP SGD" --save-checkpoint
+    python S4.1-mnist-FCN.py --SETTING "Analog SGD" --tau 0.7 --save-checkpoint
+    python S4.1-mnist-FCN.py --SETTING "TT-v1" --tau 0.7 --save-checkpoint
+
+rebuilds each model with the configuration it was trained with, and draws (400 bins, densities):
+left, every analog weight as the layer applies it (learned output scales included); right, the
+saturation of every device, w/b_max for w ≥ 0 and w/b_min otherwise, from the raw tile weights and
+each device's own bounds (for Tiki-Taka: its main array C). Writes
+results/figures/fig7_weight_distribution.{png,pdf} and results/tables/fig7_saturation.md.
+
+    python S6-plot-distribution.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils import cli
+from utils.engine import load_model_state, run_folder
+from utils.plotting import plt, save_figure
+from utils.results import atomic_write_bytes
+
+FIGURE = "fig7_weight_distribution"
+RUNS = {"FP SGD": "Digital SGD", "Analog SGD": "Analog SGD", "TT-v1": "Tiki-Taka"}
+
+
+def parse_args(argv: list[str] | None = None):
+    p = cli.make_parser(__doc__)
+    p.add_argument("--runs", type=Path, default=cli.DEFAULT_OUT,
+                   help="folder whose runs/ holds the training runs (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=cli.DEFAULT_OUT,
+                   help="figure to OUT/figures/, table to OUT/tables/ (default: %(default)s)")
+    p.add_argument("--tau", type=cli.positive_float, default=0.7,
+                   help="τ of the analog checkpoints (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the runs to read (default: 0)")
+    return p.parse_args(argv)
+
+
+def load_fcn(path: Path, setting: str, tau: float):
+    from utils.devices import rpu_config
+    from utils.models import build_fcn
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        model = build_fcn(rpu_config(setting, tau))
+        load_model_state(model, ckpt["model_state_dict"])
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
+        cli.fail(f"{path}: not a readable FCN checkpoint of {setting} ({type(err).__name__}); "
+                 "retrain it with --save-checkpoint")
+    return model
+
+
+def weight_values(model) -> np.ndarray:
+    return np.concatenate([layer.get_weights()[0].flatten().numpy()
+                           for layer in model.analog_layers()])
+
+
+def saturation(model, setting: str) -> np.ndarray:
+    """|w| relative to the bound it moves towards, per device, from the raw tile weights."""
+    suffix = "_1" if setting == "TT-v1" else ""  # Tiki-Taka: the main array C (device 1)
+    values = []
+    for tile in model.analog_tiles():
+        hidden = tile.get_hidden_parameters()
+        w = hidden["hidden_weights_1"] if suffix else tile.tile.get_weights()
+        upper, lower = hidden[f"max_bound{suffix}"], hidden[f"min_bound{suffix}"]
+        values.append(torch.where(w >= 0, w / upper, w / lower).flatten().numpy())
+    sat = np.concatenate(values)
+    if sat.max() > 1 + 1e-5:
+        cli.fail(f"{setting}: a weight lies beyond its device bound (saturation {sat.max():.3f})")
+    return sat
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    paths = {s: run_folder(args.runs, "MNIST-FCN", s, args.tau, args.seed) / "model.pt" for s in RUNS}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        cli.fail(f"missing checkpoint(s): {', '.join(missing)}; make them with S4.1-mnist-FCN.py "
+                 "--save-checkpoint (see the docstring)")
+    models = {s: load_fcn(p, s, args.tau) for s, p in paths.items()}
+    fig, (ax_w, ax_s) = plt.subplots(1, 2, figsize=(8.0, 3.0), gridspec_kw={"wspace": 0.3})
+    lines = ["# Figure 7: saturation of the trained FCN's devices", "",
+             f"τ = {args.tau:g}, seed {args.seed}. Saturation = |w| / the bound it moves towards, "
+             "per device (Assumption 4's W_max/τ is the max).", "",
+             "| algorithm | weights | mean saturation | 99th percentile | max | max \\|W\\| |",
+             "|---|---|---|---|---|---|"]
+    for i, (setting, model) in enumerate(models.items()):
+        values = weight_values(model)
+        ax_w.hist(values, bins=400, alpha=0.2, density=True, color=f"C{i}", label=RUNS[setting])
+        if setting == "FP SGD":
+            continue
+        sat = saturation(model, setting)
+        ax_s.hist(sat, bins=400, range=(0, 1), alpha=0.2, density=True, color=f"C{i}",
+                  label=RUNS[setting])
+        lines.append(f"| {RUNS[setting]} | {sat.size} | {sat.mean():.3f} | "
+                     f"{np.percentile(sat, 99):.3f} | {sat.max():.3f} | {np.abs(values).max():.3f} |")
+    ax_w.set(xlim=(-1, 1), xlabel="Weight value", ylabel="Density")
+    ax_s.set(xlim=(0, 1), xlabel="Saturation |w| / bound", ylabel="Density")
+    for ax in (ax_w, ax_s):
+        ax.legend()
+    for path in save_figure(fig, args.out, FIGURE):
+        print(f"figure: {path}")
+    table = "\n".join(lines) + "\n"
+    atomic_write_bytes(Path(args.out) / "tables" / "fig7_saturation.md", table.encode())
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

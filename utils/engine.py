@@ -1,0 +1,305 @@
+"""The one training/evaluation loop of the MNIST experiments (and, later, the CIFAR fine-tuning).
+
+As in the authors' code (EXPERIMENTS.md §7.1): ``AnalogSGD(model.parameters(), lr)`` with a single
+parameter group (AIHWKit then trains every tile at that group's lr, re-read at each step, so the
+scheduler acts on the tiles too), ``StepLR(step_size=35, gamma=0.1)`` stepped once per epoch, a test
+evaluation before training (epoch 0) and after every epoch.
+
+A run lives in ``<out>/runs/<experiment>/<name>/seed<seed>/``:
+  config.json    every setting, the RPU config as text, library versions
+  metrics.jsonl  one line per epoch: epoch, train_loss, test_loss, test_acc, lr, time_s
+  checkpoint.pt  model, optimizer, scheduler and RNG states after the last finished epoch
+  model.pt       the final checkpoint, kept with --save-checkpoint (Figure 7 reads it)
+  events.out.tfevents.*  the same scalars for TensorBoard (Loss/train, Loss/test, Accuracy/test,
+                 State/lr)
+Every file is written atomically after every epoch; rerunning the same command resumes after the
+last finished epoch, or only reports a finished run. Settings other than the number of epochs, the
+threads, the device and --save-checkpoint must match the run already in the folder.
+
+Deviations from the authors' loop (README "Deviations"): the test loss is the mean per-image loss
+(theirs summed per-batch means and divided by the number of images, i.e. also by the batch size);
+State/lr is the lr used in the epoch (theirs: the lr after the scheduler step, i.e. the next one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import StepLR
+from tqdm import tqdm
+
+from utils.cli import UserError
+from utils.results import atomic_write_bytes, environment, read_json, write_json
+
+LR_STEP = 35     # epochs between lr decays (EXPERIMENTS.md §7.1)
+LR_GAMMA = 0.1   # lr decay factor
+EVAL_BATCH = 1000  # test images per forward pass (any size gives the same numbers)
+MAY_CHANGE_ON_RESUME = ("epochs", "threads", "device", "save_checkpoint")
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def run_name(setting: str, tau: float) -> str:
+    """The authors' log-folder name: "FP SGD", "Analog SGD-tau=0.7", "TT-v1-tau=0.78"."""
+    return setting if setting == "FP SGD" else f"{setting}-tau={tau}"
+
+
+def run_folder(out: Path, experiment: str, setting: str, tau: float, seed: int) -> Path:
+    return Path(out) / "runs" / experiment / run_name(setting, tau) / f"seed{seed}"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+class RunState:
+    """What a previous run left in a folder, read and checked without writing anything."""
+
+    def __init__(self, folder: Path, config: dict[str, Any]) -> None:
+        self.folder = folder
+        self.checkpoint: dict[str, Any] | None = None
+        self.metrics: list[dict[str, Any]] = []
+        saved = self._read(folder / "config.json", read_json)
+        if saved is not None:
+            old, new = (_identity(saved), _identity(config))
+            if old != new:
+                keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+                diff = ", ".join(_change(k, old.get(k), new.get(k)) for k in keys)
+                raise UserError(f"{folder} holds a run with other settings ({diff}); "
+                                "use another --out or delete that folder")
+        path = folder / "checkpoint.pt"
+        if saved is None or not path.is_file():
+            return  # nothing to resume: start at epoch 0
+        # The checkpoint holds AIHWKit tile states (pickled configs), hence weights_only=False:
+        # load only checkpoints you wrote yourself.
+        ckpt = self._read(path, lambda p: torch.load(p, map_location="cpu", weights_only=False))
+        keys = {"epoch", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict"}
+        if not isinstance(ckpt, dict) or not keys <= ckpt.keys():
+            raise UserError(f"{path}: not a checkpoint of this project; delete it to restart")
+        self.checkpoint = ckpt
+        lines = self._read(folder / "metrics.jsonl",
+                           lambda p: [json.loads(s) for s in p.read_text().splitlines()]) or []
+        self.metrics = [m for m in lines if m["epoch"] <= self.epoch]
+        if [m["epoch"] for m in self.metrics] != list(range(self.epoch + 1)):
+            raise UserError(f"{folder / 'metrics.jsonl'} lacks epochs 0..{self.epoch} of "
+                            f"{path.name}; delete the folder to restart the run")
+
+    @staticmethod
+    def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
+        if not path.is_file():
+            return None
+        try:
+            return reader(path)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+            raise UserError(f"{path}: unreadable or corrupt ({_one_line(err)}); "
+                            "delete it to restart the run") from None
+
+    @property
+    def epoch(self) -> int:
+        """The last finished epoch (-1: none, not even the epoch-0 evaluation)."""
+        return self.checkpoint["epoch"] if self.checkpoint else -1
+
+
+def _change(key: str, old: Any, new: Any) -> str:
+    if len(repr(old)) + len(repr(new)) > 80:  # the RPU config, the data checksums
+        return f"{key} differs"
+    return f"{key}: {old!r} -> {new!r}"
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _jsonable(config).items()
+            if k not in MAY_CHANGE_ON_RESUME and k != "environment"}
+
+
+def load_model_state(model: nn.Module, state_dict: dict[str, Any]) -> None:
+    """``model.load_state_dict`` plus a workaround: AIHWKit 1.1.0 restores a tile's hidden
+    parameters *before* its weights, and TransferCompound.set_weights zeroes the fast array A, so a
+    resumed Tiki-Taka run would restart with A = 0. The saved hidden parameters are set again."""
+    model.load_state_dict(state_dict)
+    for name, module in model.named_modules():
+        state = state_dict.get(f"{name}.analog_tile_state")
+        if state is not None:
+            module.tile.set_hidden_parameters(state["analog_tile_hidden_parameters"])
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable,
+                loss_fn: LossFn, desc: str) -> float:
+    """One pass over ``batches``; returns the mean of the batch losses (the authors' train loss)."""
+    model.train()
+    total, n = 0.0, 0
+    bar = tqdm(batches, desc=desc, leave=False, disable=None, mininterval=1.0)
+    for x, y in bar:
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+        n += 1
+        if n % 200 == 0:
+            bar.set_postfix(loss=f"{float(total) / n:.4f}", refresh=False)
+    return float(total) / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, loss_fn: LossFn) -> tuple[float, float]:
+    """(mean per-image loss, accuracy) over ``batches``, through the analog (noisy) forward."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        out = model(x)
+        loss_sum += float(loss_fn(out, y, reduction="sum"))
+        correct += int((out.argmax(dim=1) == y).sum())
+        n += len(y)
+    model.train()
+    return loss_sum / n, correct / n
+
+
+def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test_loader, *,
+          lr: float, epochs: int, seed: int, device: torch.device, record: dict[str, Any],
+          save_model: bool = False, loss_fn: LossFn = F.nll_loss) -> list[dict[str, Any]]:
+    """Train ``build_model()`` for ``epochs`` epochs (resuming what ``folder`` holds) and return
+    the metrics of epochs 0..epochs.
+
+    ``train_loader`` must have ``set_epoch(e)`` (its order depends only on the seed and e) and
+    ``batch_size``; ``record`` holds the caller's settings for config.json. Everything that can be
+    wrong with the folder raises UserError before anything is written.
+    """
+    config = {**record, "lr": lr, "epochs": epochs, "seed": seed, "lr_step": LR_STEP,
+              "lr_gamma": LR_GAMMA, "batch_size": train_loader.batch_size,
+              "eval_batch_size": test_loader.batch_size, "loss": loss_fn.__name__,
+              "device": str(device), "threads": torch.get_num_threads(),
+              "save_checkpoint": save_model}
+    state = RunState(folder, config)
+    if state.epoch >= epochs:
+        print(f"{folder}: finished ({state.epoch} epochs); nothing to do")
+        if save_model and not (folder / "model.pt").is_file():
+            atomic_write_bytes(folder / "model.pt", (folder / "checkpoint.pt").read_bytes())
+        return state.metrics
+
+    torch.manual_seed(seed)  # the initial weights; AIHWKit's pulse/noise RNG is not seedable
+    model = build_model()
+    if state.checkpoint:
+        try:
+            load_model_state(model, state.checkpoint["model_state_dict"])
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"{folder / 'checkpoint.pt'} does not fit this model "
+                            f"({_one_line(err)}); delete it to restart") from None
+    model = model.to(device)
+    # Built after loading: load_state_dict replaces each tile's AnalogContext parameter, and an
+    # optimizer holding the old ones would not train the tiles.
+    optimizer = _analog_sgd(model, lr)
+    scheduler = StepLR(optimizer, step_size=LR_STEP, gamma=LR_GAMMA)
+    if state.checkpoint:
+        optimizer.load_state_dict(state.checkpoint["optimizer_state_dict"])
+        scheduler.load_state_dict(state.checkpoint["scheduler_state_dict"])
+        _set_rng(state.checkpoint.get("rng", {}))
+        print(f"{folder}: resuming after epoch {state.epoch}")
+
+    from torch.utils.tensorboard import SummaryWriter
+    write_json(folder / "config.json", {**config, "environment": environment()})
+    # purge_step hides events a crashed run logged after its last checkpoint (or all, on restart).
+    writer = SummaryWriter(str(folder), purge_step=state.epoch + 1)
+    metrics = state.metrics
+
+    def finish_epoch(epoch: int, train_loss: float | None, lr_used: float, start: float) -> None:
+        test_loss, test_acc = evaluate(model, test_loader, loss_fn)
+        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
+               "test_acc": test_acc, "lr": lr_used, "time_s": round(time.perf_counter() - start, 3)}
+        metrics.append(row)
+        atomic_write_bytes(folder / "metrics.jsonl",
+                           "".join(json.dumps(m) + "\n" for m in metrics).encode())
+        scalars = {"Loss/test": test_loss, "Accuracy/test": test_acc}
+        if train_loss is not None:
+            scalars.update({"Loss/train": train_loss, "State/lr": lr_used})
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, epoch)
+        writer.flush()
+        _save_checkpoint(folder / "checkpoint.pt", epoch, model, optimizer, scheduler)
+        print(f"epoch {epoch}/{epochs}: train loss {_fmt(train_loss)}, test loss {test_loss:.4f}, "
+              f"test acc {100 * test_acc:.2f} %, lr {lr_used:g}, {row['time_s']:.1f} s", flush=True)
+
+    if state.epoch < 0:
+        finish_epoch(0, None, optimizer.param_groups[0]["lr"], time.perf_counter())
+    for epoch in range(max(state.epoch, 0) + 1, epochs + 1):
+        start, lr_used = time.perf_counter(), optimizer.param_groups[0]["lr"]
+        train_loader.set_epoch(epoch)
+        train_loss = train_epoch(model, optimizer, train_loader, loss_fn, f"epoch {epoch}/{epochs}")
+        scheduler.step()
+        finish_epoch(epoch, train_loss, lr_used, start)
+    writer.close()
+    if save_model:
+        atomic_write_bytes(folder / "model.pt", (folder / "checkpoint.pt").read_bytes())
+    print(f"done: {folder}")
+    return metrics
+
+
+def _analog_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    from aihwkit.optim import AnalogSGD
+
+    return AnalogSGD(model.parameters(), lr=lr)  # one group, no regroup_param_groups (authors)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _save_checkpoint(path: Path, epoch: int, model: nn.Module, optimizer, scheduler) -> None:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    buf = io.BytesIO()
+    torch.save({"epoch": epoch, "model_state_dict": model.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict(),
+                "scheduler_state_dict": scheduler.state_dict(), "rng": rng}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _set_rng(rng: dict[str, Any]) -> None:
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def train_mnist(args: argparse.Namespace, experiment: str,
+                build_model: Callable[[Any], nn.Module]) -> list[dict[str, Any]]:
+    """S4.1 / S4.2: validate the flags, load MNIST, train ``build_model(rpu_config)``.
+    Every check that can fail runs before the run folder is touched."""
+    from utils.cli import torch_device
+    from utils.data import TensorLoader, load_mnist
+    from utils.devices import rpu_config
+
+    device = torch_device(args.CUDA)
+    torch.set_num_threads(args.threads)
+    config = rpu_config(args.SETTING, args.tau)
+    data = load_mnist(args.data_root, download=not args.no_download)
+    train_set = data.train
+    if args.train_subset is not None:
+        if args.train_subset > len(train_set):
+            raise UserError(f"--train-subset {args.train_subset} exceeds the {len(train_set)} "
+                            "training images")
+        train_set = train_set.head(args.train_subset)
+    record = {"experiment": experiment, "model": build_model.__name__, "setting": args.SETTING,
+              "tau": None if args.SETTING == "FP SGD" else args.tau, "rpu_config": repr(config),
+              "data": data.describe(), "train_subset": args.train_subset}
+    print(f"{experiment} {run_name(args.SETTING, args.tau)} seed {args.seed}: "
+          f"{len(train_set)} training images from {data.folder}, batch {args.batch_size}, "
+          f"lr {args.lr}, {args.epochs} epochs, {device}")
+    return train(run_folder(args.out, experiment, args.SETTING, args.tau, args.seed),
+                 lambda: build_model(config),
+                 TensorLoader(train_set.to(device), args.batch_size, shuffle=True, seed=args.seed),
+                 TensorLoader(data.test.to(device), EVAL_BATCH, shuffle=False),
+                 lr=args.lr, epochs=args.epochs, seed=args.seed, device=device, record=record,
+                 save_model=args.save_checkpoint)

@@ -1,0 +1,205 @@
+"""Figure 5 and its table from MNIST run folders (written by utils.engine; never trains).
+
+A run folder is ``<root>/runs/MNIST-<NET>/<name>/seed<k>/metrics.jsonl`` with one line per epoch.
+Seeds of one (network, setting, τ) are aggregated as the authors' plot scripts do (EXPERIMENTS.md
+§7.4): per-epoch mean and population std over seeds; the table value is the mean over the last 5
+epochs of the per-epoch mean, and its ± the mean over those epochs of the per-epoch std.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
+
+from utils import cli
+from utils.engine import run_name
+from utils.plotting import ema, plt, save_figure
+from utils.results import atomic_write_bytes
+
+NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
+ANALOG = ("Analog SGD", "TT-v1")
+LAST = 5  # epochs averaged for the table
+PAPER = {  # Figure 5's table (PAPER.md §3.2), test accuracy % (mean ± std over 3 runs, 80 epochs)
+    ("FCN", "FP SGD", None): (98.15, 0.04),
+    ("FCN", "Analog SGD", 0.7): (11.35, 0.00), ("FCN", "Analog SGD", 0.78): (97.71, 0.63),
+    ("FCN", "Analog SGD", 0.8): (97.78, 0.36),
+    ("FCN", "TT-v1", 0.7): (97.64, 0.17), ("FCN", "TT-v1", 0.78): (97.62, 0.05),
+    ("FCN", "TT-v1", 0.8): (97.50, 0.11),
+    ("CNN", "FP SGD", None): (99.16, 0.08),
+    ("CNN", "Analog SGD", 0.6): (88.99, 0.89), ("CNN", "Analog SGD", 0.7): (92.15, 0.48),
+    ("CNN", "Analog SGD", 0.8): (93.45, 0.46),
+    ("CNN", "TT-v1", 0.6): (98.84, 0.07), ("CNN", "TT-v1", 0.7): (98.87, 0.04),
+    ("CNN", "TT-v1", 0.8): (98.86, 0.07),
+}
+LABELS = {"FP SGD": "Digital SGD", "Analog SGD": "Analog SGD", "TT-v1": "Tiki-Taka"}
+
+
+def grid(network: str, taus: tuple[float, ...] | None = None) -> list[tuple[str, float | None]]:
+    """The (setting, τ) runs of one Figure 5 panel."""
+    taus = taus or NETWORKS[network]
+    return [("FP SGD", None)] + [(s, t) for s in ANALOG for t in taus]
+
+
+@dataclass
+class Curve:
+    """Test accuracy (%) of one (network, setting, τ), aggregated over seeds."""
+
+    seeds: list[str]
+    epochs: np.ndarray  # 0 … E, the epochs every seed has finished
+    mean: np.ndarray
+    std: np.ndarray  # population std over seeds (0 for one seed)
+
+    @property
+    def last_epochs(self) -> int:
+        return int(self.epochs[-1])
+
+    def summary(self) -> tuple[float, float]:
+        """(mean, ±) over the last LAST epochs (fewer if the run has fewer)."""
+        tail = slice(-min(LAST, len(self.epochs) - 1), None) if len(self.epochs) > 1 else slice(None)
+        return float(self.mean[tail].mean()), float(self.std[tail].mean())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_curve(root: Path, network: str, setting: str, tau: float | None) -> Curve | None:
+    """Aggregate every seed folder of one run; None if no seed has a metrics file."""
+    folder = Path(root) / "runs" / f"MNIST-{network}" / run_name(setting, tau)
+    per_seed = {p.parent.name: read_metrics(p) for p in sorted(folder.glob("seed*/metrics.jsonl"))}
+    per_seed = {k: v for k, v in per_seed.items() if v}
+    if not per_seed:
+        return None
+    common = min(len(v) for v in per_seed.values())
+    acc = np.array([[100 * m["test_acc"] for m in v[:common]] for v in per_seed.values()])
+    epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))[:common]])
+    return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0))
+
+
+def load_panel(root: Path, network: str, taus: tuple[float, ...] | None = None
+               ) -> tuple[dict[tuple[str, float | None], Curve], list[str]]:
+    """The curves of one panel and the names of its missing runs."""
+    curves, missing = {}, []
+    for setting, tau in grid(network, taus):
+        curve = load_curve(root, network, setting, tau)
+        if curve is None:
+            missing.append(f"MNIST-{network}/{run_name(setting, tau)}")
+        else:
+            curves[(setting, tau)] = curve
+    return curves, missing
+
+
+def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
+               smoothing: float = 0.8) -> list[Path]:
+    """Figure 5's panel: test accuracy against epoch, EMA-smoothed, with a zoom on the last epochs."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    styles = {"Analog SGD": ("--", "o"), "TT-v1": ("-", "^"), "FP SGD": ("-.", "s")}
+    inset = inset_axes(ax, width="40%", height="30%", loc="lower left",
+                       bbox_to_anchor=(0.5, 0.2, 1, 1), bbox_transform=ax.transAxes)
+    zoom_values = []
+    for (setting, tau), curve in curves.items():
+        color = "C3" if tau is None else f"C{taus.index(tau) if tau in taus else 4}"
+        ls, marker = styles[setting]
+        y = ema(curve.mean, smoothing)
+        every = max(1, len(y) // 16)
+        ax.plot(curve.epochs, y, ls=ls, marker=marker, color=color, ms=3, markevery=every)
+        k = min(4, len(y))
+        inset.plot(curve.epochs[-k:], y[-k:], ls=ls, marker=marker, color=color, ms=3)
+        if y[-1] > 90:  # collapsed runs would flatten the zoom
+            zoom_values.extend(y[-k:])
+    if zoom_values:
+        lo, hi = min(zoom_values), max(zoom_values)
+        pad = max(0.1, 0.1 * (hi - lo))
+        inset.set_ylim(lo - pad, hi + pad)
+        last = max(c.epochs[-1] for c in curves.values())
+        inset.set_xlim(last - 3, last)
+        mark_inset(ax, inset, loc1=2, loc2=1, fc="none", ec="0.6")
+    inset.grid(True, alpha=0.3)
+    inset.tick_params(labelsize=6)
+    handles = [plt.Line2D([], [], color=f"C{i}", lw=3, label=f"τ={t:g}") for i, t in enumerate(taus)]
+    handles += [plt.Line2D([], [], color="k", ls=styles[s][0], marker=styles[s][1], ms=4,
+                           label=LABELS[s]) for s in ANALOG]
+    handles.append(plt.Line2D([], [], color="C3", ls="-.", marker="s", ms=4, label="Digital SGD"))
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1, 0))
+    ax.set(xlabel="Epoch", ylabel="Test accuracy (%)", title=f"MNIST {network}")
+    return save_figure(fig, out, f"fig5_mnist_{network.lower()}")
+
+
+def table_rows(root: Path) -> tuple[list[dict], list[str]]:
+    """One row per (network, setting, τ) of both panels, ours beside the paper's."""
+    rows, missing = [], []
+    for network in NETWORKS:
+        curves, gone = load_panel(root, network)
+        missing += gone
+        for setting, tau in grid(network):
+            curve = curves.get((setting, tau))
+            paper = PAPER[(network, setting, tau)]
+            row = {"network": network, "algorithm": LABELS[setting],
+                   "tau": "" if tau is None else f"{tau:g}",
+                   "paper": f"{paper[0]:.2f} ± {paper[1]:.2f}"}
+            if curve is None:
+                row.update(ours="missing", seeds=0, epochs=0)
+            else:
+                mean, std = curve.summary()
+                row.update(ours=f"{mean:.2f} ± {std:.2f}", seeds=len(curve.seeds),
+                           epochs=curve.last_epochs)
+            rows.append(row)
+    return rows, missing
+
+
+def write_table(root: Path, out: Path) -> list[str]:
+    """results/tables/mnist.{md,csv}; returns the missing runs (also listed in the table)."""
+    rows, missing = table_rows(root)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(Path(out) / "tables" / "mnist.csv", buf.getvalue().encode())
+    lines = [
+        "# Figure 5: MNIST test accuracy (%)",
+        "",
+        f"Ours: mean over the last {LAST} epochs of the per-epoch mean over seeds; ± is the mean over "
+        "those epochs of the per-epoch population std over seeds (0 for one seed), as the authors' plot "
+        "scripts compute it. `epochs`: how many epochs the runs trained (the paper: 80, 3 seeds). "
+        "Runs with fewer epochs are reduced budgets and are not comparable to the paper's number.",
+        "",
+        "| network | algorithm | τ | ours | seeds | epochs | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['network']} | {r['algorithm']} | {r['tau']} | {r['ours']} | {r['seeds']} | "
+              f"{r['epochs']} | {r['paper']} |" for r in rows]
+    if missing:
+        lines += ["", "Missing runs: " + ", ".join(missing) + "."]
+    atomic_write_bytes(Path(out) / "tables" / "mnist.md", ("\n".join(lines) + "\n").encode())
+    return missing
+
+
+def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> None:
+    """The command line of S4.1-plot-FCN.py / S4.2-plot-CNN.py."""
+    p = cli.make_parser(doc)
+    p.add_argument("--runs", type=Path, default=cli.DEFAULT_OUT,
+                   help="folder whose runs/ holds the training runs (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=cli.DEFAULT_OUT,
+                   help="figure to OUT/figures/, table to OUT/tables/ (default: %(default)s)")
+    p.add_argument("--tau", type=cli.positive_float, nargs="+", default=list(NETWORKS[network]),
+                   help="τ of the analog runs to draw (default: %(default)s)")
+    p.add_argument("--smoothing", type=float, default=0.8,
+                   help="EMA coefficient of the drawn curves, 0 = none (default: %(default)s)")
+    args = p.parse_args(argv)
+    taus = tuple(args.tau)
+    curves, missing = load_panel(args.runs, network, taus)
+    if not curves:
+        cli.fail(f"no MNIST-{network} runs under {args.runs / 'runs'}; train them first "
+                 f"(README, Figure 5) or point --runs at their folder")
+    for name in missing:
+        print(f"missing run: {name} (not drawn)")
+    for path in plot_panel(network, curves, taus, args.out, args.smoothing):
+        print(f"figure: {path}")
+    write_table(args.runs, args.out)
+    print((Path(args.out) / "tables" / "mnist.md").read_text())
