@@ -6,7 +6,7 @@ smaller α does not remove.
 
     python S1-SGD-diff-lr.py     # ≈ 30 s on a laptop CPU; writes results/figures/fig1_sgd_vs_lr.{png,pdf}
 
-Problem (EXPERIMENTS.md §2): d = 40, 100 rows, x* = 0.45·N(0, 1), A ~ N(0, 1), MSE loss, zero init,
+Problem (as in the authors' code): d = 40, 100 rows, x* = 0.45·N(0, 1), A ~ N(0, 1), MSE loss, zero init,
 recorded value MSE/d. Device: dw_min 1e-4, no variations, τ = 3; IO with additive weight noise of std σ
 on every read; desired_bl 800. Digital SGD adds N(0, σ²) to every gradient element.
 Panels: left, learning error (mean of the last 20 records) against α; right, the EMA(0.9)-smoothed curves.
@@ -30,7 +30,7 @@ from utils.plotting import ema, save_figure
 from utils.results import RunFolder
 
 FIGURE = "fig1_sgd_vs_lr"
-DEFAULTS = dict(  # EXPERIMENTS.md §2
+DEFAULTS = dict(  # the authors' settings
     lrs=[0.2, 0.1, 0.05, 0.03], steps=2500, tau=3.0, sigma=0.01 / math.sqrt(40), dw_min=1e-4,
     desired_bl=800, last=20,
 )
@@ -47,17 +47,12 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--sigma", type=cli.nonneg_float, default=DEFAULTS["sigma"],
                    help="gradient-noise std (digital) = weight-noise std (AIHWKit) "
                         "(default: 0.01/sqrt(40) = %(default).4g)")
-    p.add_argument("--dw-min", type=cli.positive_float, default=DEFAULTS["dw_min"],
-                   help="device response step Δw_min (default: %(default)s)")
-    p.add_argument("--desired-bl", type=cli.positive_int, default=DEFAULTS["desired_bl"],
-                   help="maximum pulse-train length per update (default: %(default)s)")
     p.add_argument("--record", choices=["noisy-read", "exact"], default="noisy-read",
                    help="how the Analog SGD error is measured in the figure: through one more noisy "
                         "analog forward pass, as the authors do (default), or from the exact tile "
                         "weights; both are saved")
-    p.add_argument("--data-seed", type=int, default=DATA_SEED,
-                   help="torch seed of A and x* (default: %(default)s)")
-    cli.add_output_flags(p, seed=RUN_SEED)
+    cli.add_pulse_flags(p, DEFAULTS["desired_bl"], DEFAULTS["dw_min"])
+    cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
     return p.parse_args(argv)
 
 
@@ -104,17 +99,14 @@ def plot(args, curves: dict) -> None:
     ax_conv.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"Digital vs Analog SGD (AIHWKit), τ={args.tau:g}, σ={args.sigma:.2g}, "
                  f"{args.steps} steps; analog error: {args.record}", fontsize=8)
-    for path in save_figure(fig, args.out, FIGURE):
-        print(f"figure: {path}")
+    save_figure(fig, args.out, FIGURE)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "force", "record")}
-    curves = RunFolder(args.out, "S1-SGD-diff-lr", config).run_or_load(lambda: compute(args),
-                                                                      args.force)
-    plot(args, curves)
+    run = RunFolder.from_args(args, "S1-SGD-diff-lr", ignore=("record",))
+    plot(args, run.run_or_load(lambda: compute(args), args.force))
 
 
 if __name__ == "__main__":

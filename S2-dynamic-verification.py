@@ -6,7 +6,7 @@ AIHWKit on the soft-bounds device with bounds ±τ, on the same least-squares pr
     python S2-dynamic-verification.py     # ≈ 1 min; writes results/figures/fig3_dynamic_vs_aihwkit.{png,pdf}
                                           # and results/tables/fig3_tracking.md
 
-Problem (EXPERIMENTS.md §3): d = 40, 100 rows, x* = 0.3·N(0, 1), A = N(0, 1)/2, loss MSE/2, zero init,
+Problem (as in the authors' code): d = 40, 100 rows, x* = 0.3·N(0, 1), A = N(0, 1)/2, loss MSE/2, zero init,
 α = 0.03, gradient noise σ = 0.1. AIHWKit: dw_min = τ/300, desired_bl 5000, no device variations.
 
 AIHWKit has no injected gradient noise: its noise comes from additive weight noise on every read. How
@@ -49,14 +49,11 @@ def parse_args(argv: list[str] | None = None):
                    help="gradient steps per run (default: %(default)s)")
     p.add_argument("--states", type=cli.positive_float, default=DEFAULTS["states"],
                    help="dw_min = τ/STATES, i.e. 2·STATES pulses span [-τ, τ] (default: %(default)s)")
-    p.add_argument("--desired-bl", type=cli.positive_int, default=DEFAULTS["desired_bl"],
-                   help="maximum pulse-train length per update (default: %(default)s)")
     p.add_argument("--noise-match", choices=NOISE_MATCHES, default="authors",
                    help="AIHWKit weight-noise level drawn in the figure (see above; default: "
                         "%(default)s)")
-    p.add_argument("--data-seed", type=int, default=DATA_SEED,
-                   help="torch seed of A and x* (default: %(default)s)")
-    cli.add_output_flags(p, seed=RUN_SEED)
+    cli.add_pulse_flags(p, DEFAULTS["desired_bl"])
+    cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
     return p.parse_args(argv)
 
 
@@ -123,15 +120,13 @@ def plot(args, results: dict) -> None:
     axes[0][0].set_ylabel("f(W_k) − f*")
     axes[0][0].legend(loc="upper left", bbox_to_anchor=(0, -0.3), ncol=3)
     fig.suptitle(f"AIHWKit weight noise: {args.noise_match}", fontsize=8, y=1.04)
-    for path in save_figure(fig, args.out, FIGURE):
-        print(f"figure: {path}")
+    save_figure(fig, args.out, FIGURE)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "force", "noise_match")}
-    run = RunFolder(args.out, "S2-dynamic-verification", config)
+    run = RunFolder.from_args(args, "S2-dynamic-verification", ignore=("noise_match",))
     results = run.run_or_load(lambda: compute(args), args.force)
     table = tracking_table(args, results)
     print(table)

@@ -6,14 +6,14 @@ floor 4σ²S_K of Theorem 2 computed from each run's own weights, and the Tiki-T
     python S3.1-ablation-tau.py     # ≈ 1 min; writes results/figures/fig4a_ablation_tau.{png,pdf}
                                     # and results/tables/fig4a_ablation_tau.md
 
-The authors' S3.1 script duplicates S2 (EXPERIMENTS.md §4); this one is ours. Problem: the S3.2 problem
+The authors' S3.1 script duplicates S2; this one is ours. Problem: the S3.2 problem
 (d = 50, 100 rows, x* = 0.5·N(0, 1), A ~ N(0, 1), loss MSE/2, zero init), α = 0.03, gradient noise
 σ = 0.1 per element (so E‖ε‖² = σ²·51 over weights and bias, the σ² of Theorem 2).
 
 Panels: left, f(W_k) − f* (EMA 0.8); right, ‖∇f(W_k)‖² with the floor 4σ²S_K (dashed), where
 S_K = mean_k (‖W_k‖²_∞/τ²)/(1 − ‖W_k‖²_∞/τ²) over the second half of the run.
 
-Tiki-Taka step sizes. P tracks (τ/E|ε|)∇f (the tracking lemma, PAPER.md §2.6), so W moves by
+Tiki-Taka step sizes. P tracks (τ/E|ε|)∇f (the tracking lemma, the paper), so W moves by
 ≈ α·τ/E|ε| times the gradient. We set α = η·E|ε|/τ so that this effective step equals Analog SGD's
 (η = α_SGD), and β = τ/(m·E|ε|) so that P forgets in about m steps; E|ε| = σ√(2/π).
 """
@@ -58,9 +58,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--tt-memory", type=cli.positive_float, default=DEFAULTS["tt_memory"],
                    help="m: Tiki-Taka's P forgets in about m steps, β = τ/(m·E|ε|) "
                         "(default: %(default)s)")
-    p.add_argument("--data-seed", type=int, default=DATA_SEED,
-                   help="torch seed of A and x* (default: %(default)s)")
-    cli.add_output_flags(p, seed=RUN_SEED)
+    cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
     return p.parse_args(argv)
 
 
@@ -137,15 +135,13 @@ def plot(args, curves: dict, rows: list[dict]) -> None:
              ylabel="‖∇f(W_k)‖² (Analog SGD)")
     for ax in (ax_f, ax_g):
         ax.grid(True, which="both", alpha=0.3)
-    for path in save_figure(fig, args.out, FIGURE):
-        print(f"figure: {path}")
+    save_figure(fig, args.out, FIGURE)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "force")}
-    run = RunFolder(args.out, "S3.1-ablation-tau", config)
+    run = RunFolder.from_args(args, "S3.1-ablation-tau")
     curves = run.run_or_load(lambda: compute(args), args.force)
     rows, table = summary(args, curves)
     print(table)

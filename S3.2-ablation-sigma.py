@@ -5,7 +5,7 @@ variance σ² ∈ {1e-3, 1e-2, 1e-1, 1} on every read.
 
     python S3.2-ablation-sigma.py     # ≈ 5 s; writes results/figures/fig4b_ablation_sigma.{png,pdf}
 
-Problem (EXPERIMENTS.md §5): d = 50, 100 rows, x* = 0.5·N(0, 1), A ~ N(0, 1), loss MSE/2, α = 0.1,
+Problem (as in the authors' code): d = 50, 100 rows, x* = 0.5·N(0, 1), A ~ N(0, 1), loss MSE/2, α = 0.1,
 200 iterations, dw_min 1e-4, desired_bl 5000, weight-noise std √σ² (no correction factor).
 Initialisation: the authors' script zeroes only the bias, so the tile keeps AnalogLinear's random
 default init U(±1/√50) (--init authors, the default); --init zero starts every weight at 0.
@@ -40,15 +40,10 @@ def parse_args(argv: list[str] | None = None):
                    help="device bound τ (default: %(default)s)")
     p.add_argument("--steps", type=cli.positive_int, default=DEFAULTS["steps"],
                    help="gradient steps per run (default: %(default)s)")
-    p.add_argument("--dw-min", type=cli.positive_float, default=DEFAULTS["dw_min"],
-                   help="device response step Δw_min (default: %(default)s)")
-    p.add_argument("--desired-bl", type=cli.positive_int, default=DEFAULTS["desired_bl"],
-                   help="maximum pulse-train length per update (default: %(default)s)")
     p.add_argument("--init", choices=["authors", "zero"], default="authors",
                    help="tile weights at the start: AnalogLinear's random default (authors) or 0")
-    p.add_argument("--data-seed", type=int, default=DATA_SEED,
-                   help="torch seed of A and x* (default: %(default)s)")
-    cli.add_output_flags(p, seed=RUN_SEED)
+    cli.add_pulse_flags(p, DEFAULTS["desired_bl"], DEFAULTS["dw_min"])
+    cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
     return p.parse_args(argv)
 
 
@@ -74,17 +69,14 @@ def plot(args, curves: dict) -> None:
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
            title=f"Analog SGD (AIHWKit), τ={args.tau:g}, init {args.init}")
     ax.grid(True, which="both", alpha=0.3)
-    for path in save_figure(fig, args.out, FIGURE):
-        print(f"figure: {path}")
+    save_figure(fig, args.out, FIGURE)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "force")}
-    curves = RunFolder(args.out, "S3.2-ablation-sigma", config).run_or_load(lambda: compute(args),
-                                                                           args.force)
-    plot(args, curves)
+    run = RunFolder.from_args(args, "S3.2-ablation-sigma")
+    plot(args, run.run_or_load(lambda: compute(args), args.force))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ descent from 0. The common end point is evidence that the error is intrinsic to 
 
     python S3.3-ablation-init.py     # ≈ 5 s; writes results/figures/fig4c_ablation_init.{png,pdf}
 
-Problem (EXPERIMENTS.md §6): d = 50, 100 rows, x* = 0.5·N(0, 1), A ~ N(0, 1), true bias 0.1, MSE loss,
+Problem (as in the authors' code): d = 50, 100 rows, x* = 0.5·N(0, 1), A ~ N(0, 1), true bias 0.1, MSE loss,
 α = 0.1, 50 iterations, dw_min 1e-4, desired_bl 400, weight noise 0.01/√50, inputs bounded at 1 with
 ABS_MAX noise and ITERATIVE bound management. Constant weights beyond ±τ are clipped to the device
 bounds when written to the tile (so 1e3, 1e2 and 1e1 all start the weights at τ); the digital bias
@@ -48,13 +48,8 @@ def parse_args(argv: list[str] | None = None):
                    help="gradient steps per run (default: %(default)s)")
     p.add_argument("--sigma", type=cli.nonneg_float, default=DEFAULTS["sigma"],
                    help="weight-noise std (default: 0.01/sqrt(50) = %(default).4g)")
-    p.add_argument("--dw-min", type=cli.positive_float, default=DEFAULTS["dw_min"],
-                   help="device response step Δw_min (default: %(default)s)")
-    p.add_argument("--desired-bl", type=cli.positive_int, default=DEFAULTS["desired_bl"],
-                   help="maximum pulse-train length per update (default: %(default)s)")
-    p.add_argument("--data-seed", type=int, default=DATA_SEED,
-                   help="torch seed of A and x* (default: %(default)s)")
-    cli.add_output_flags(p, seed=RUN_SEED)
+    cli.add_pulse_flags(p, DEFAULTS["desired_bl"], DEFAULTS["dw_min"])
+    cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
     return p.parse_args(argv)
 
 
@@ -98,17 +93,14 @@ def plot(args, curves: dict) -> None:
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
            title=f"Analog SGD (AIHWKit), τ={args.tau:g}")
     ax.grid(True, which="both", alpha=0.3)
-    for path in save_figure(fig, args.out, FIGURE):
-        print(f"figure: {path}")
+    save_figure(fig, args.out, FIGURE)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "force")}
-    curves = RunFolder(args.out, "S3.3-ablation-init", config).run_or_load(lambda: compute(args),
-                                                                          args.force)
-    plot(args, curves)
+    run = RunFolder.from_args(args, "S3.3-ablation-init")
+    plot(args, run.run_or_load(lambda: compute(args), args.force))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Figure 5, CNN panel: MNIST on the LeNet-style CNN (two 5x5 convolutions, two fully connected
 layers, tanh) with every weight on analog tiles, trained by FP SGD (ideal digital tiles), Analog
-SGD or Tiki-Taka v1 on soft-bounds devices with weights bounded by ±τ (EXPERIMENTS.md §7.1, §7.3).
+SGD or Tiki-Taka v1 on soft-bounds devices with weights bounded by ±τ (as in the authors' code).
 
     python S4.2-mnist-CNN.py --SETTING="TT-v1" --tau=0.7
 
@@ -10,21 +10,10 @@ README lists the runs of the figure; S4.2-plot-CNN.py draws it. MNIST is fetched
 on first use (see utils/data.py).
 """
 
-from utils.cli import UserError, add_training_flags, fail, make_parser
-from utils.engine import train_mnist
+from utils.engine import mnist_main
 from utils.models import build_cnn
 
 BATCH_SIZE = 8  # the authors' value: 7,500 steps per epoch
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = make_parser(__doc__)
-    add_training_flags(parser, batch_size=BATCH_SIZE)
-    train_mnist(parser.parse_args(argv), "MNIST-CNN", build_cnn)
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as err:
-        fail(str(err))
+    mnist_main(__doc__, "MNIST-CNN", build_cnn, BATCH_SIZE)

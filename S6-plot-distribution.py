@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     ax_s.set(xlim=(0, 1), xlabel="Saturation |w| / bound", ylabel="Density")
     for ax in (ax_w, ax_s):
         ax.legend()
-    for path in save_figure(fig, args.out, FIGURE):
-        print(f"figure: {path}")
+    save_figure(fig, args.out, FIGURE)
     table = "\n".join(lines) + "\n"
     atomic_write_bytes(Path(args.out) / "tables" / "fig7_saturation.md", table.encode())
     print(table)

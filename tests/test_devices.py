@@ -29,7 +29,7 @@ from utils.least_squares import make_problem
 
 
 def test_least_squares_device_is_ideal_and_bounded_by_tau():
-    """Device-LS of EXPERIMENTS.md §1.3: every variation zero, bounds ±τ."""
+    """The least-squares device of the authors' code: every variation zero, bounds ±τ."""
     dev = soft_bounds_device(1.5, 5e-3, subtract_symmetry_point=True)
     assert (dev.w_max, dev.w_min, dev.dw_min) == (1.5, -1.5, 5e-3)
     for field in ("dw_min_dtod", "dw_min_std", "write_noise_std", "corrupt_devices_prob", "up_down",
@@ -42,7 +42,7 @@ def test_least_squares_device_is_ideal_and_bounded_by_tau():
 
 
 def test_mnist_device_spells_out_the_aihwkit_0_9_defaults():
-    """EXPERIMENTS.md §1.4 / §7.1: dw_min 1e-3, 30 % d2d and c2c, 1 % up/down spread, bounds ±τ."""
+    """The authors' MNIST device: dw_min 1e-3, 30 % d2d and c2c, 1 % up/down spread, bounds ±τ."""
     dev = mnist_device(0.78)
     assert (dev.w_max, dev.w_min, dev.dw_min) == (0.78, -0.78, 1e-3)
     assert (dev.dw_min_dtod, dev.dw_min_std, dev.w_max_dtod, dev.w_min_dtod) == (0.3, 0.3, 0.3, 0.3)
@@ -111,7 +111,7 @@ def test_mnist_settings():
 
 def test_mean_pulsed_update_matches_the_analog_dynamic():
     """With update noise off, the mean of many single pulsed updates of AIHWKit's soft-bounds device
-    is W + Δ − |Δ|⊙W/τ (the ALD, PAPER.md eq. 8), Δ = −lr·d xᵀ: within 5 % of |Δ| plus 4 standard
+    is W + Δ − |Δ|⊙W/τ (the ALD, paper eq. 8), Δ = −lr·d xᵀ: within 5 % of |Δ| plus 4 standard
     errors per element; and clearly not the symmetric W + Δ."""
     torch.manual_seed(0)
     tau, lr, trials = 1.0, 0.05, 3000

@@ -1,4 +1,4 @@
-"""The paper's properties of the update rules, checked numerically (PAPER.md §1.3, §2)."""
+"""The paper's properties of the update rules, checked numerically (the paper)."""
 
 from __future__ import annotations
 

@@ -71,8 +71,20 @@ def nonneg_int(text: str) -> int:
     return value
 
 
-def add_output_flags(parser: argparse.ArgumentParser, seed: int) -> None:
-    """--out, --seed and --force, shared by every experiment script."""
+def add_pulse_flags(parser: argparse.ArgumentParser, desired_bl: int,
+                    dw_min: float | None = None) -> None:
+    """--desired-bl and (when ``dw_min`` is given) --dw-min of the AIHWKit least-squares runs."""
+    if dw_min is not None:
+        parser.add_argument("--dw-min", type=positive_float, default=dw_min,
+                            help="device response step Δw_min (default: %(default)s)")
+    parser.add_argument("--desired-bl", type=positive_int, default=desired_bl,
+                        help="maximum pulse-train length per update (default: %(default)s)")
+
+
+def add_output_flags(parser: argparse.ArgumentParser, seed: int, data_seed: int) -> None:
+    """--data-seed, --out, --seed and --force, shared by the least-squares scripts."""
+    parser.add_argument("--data-seed", type=int, default=data_seed,
+                        help="torch seed of A and x* (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="results root: raw runs go to OUT/runs/, figures to OUT/figures/ "
                              "(default: %(default)s)")
@@ -85,7 +97,7 @@ def add_output_flags(parser: argparse.ArgumentParser, seed: int) -> None:
 def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epochs: int = 80,
                        lr: float = 0.05) -> None:
     """The flags of the MNIST training scripts: the authors' (--SETTING, --tau, --CUDA,
-    --save-checkpoint) with their defaults (EXPERIMENTS.md §7.1), then run and data management."""
+    --save-checkpoint) with their defaults (as in the authors' code), then run and data management."""
     from utils.devices import SETTINGS
 
     parser.add_argument("--SETTING", choices=SETTINGS, default=SETTINGS[0],

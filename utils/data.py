@@ -1,7 +1,7 @@
 """MNIST as in-memory tensors, where to get the files, and a synthetic stand-in for tests.
 
 Images are kept as one float32 tensor of shape (N, 1, 28, 28) with pixels in [0, 1] and no
-normalisation (what the authors' ``ToTensor`` gives, EXPERIMENTS.md §7.1), and are batched by
+normalisation (what the authors' ``ToTensor`` gives), and are batched by
 indexing that tensor: no PIL, no per-image transform, so the loop costs little beyond AIHWKit.
 
 The four original files (IDX format, optionally gzipped) are looked for, in this order:

@@ -1,13 +1,12 @@
 """AIHWKit RPU-config builders for every experiment of the paper.
 
 Every parameter an experiment depends on is set here explicitly, with AIHWKit's field names, so results
-do not move when a library release changes a default. The values are those of the authors' code
-(EXPERIMENTS.md §1.3, §1.4, §7.1); where they relied on AIHWKit 0.9.0 defaults, those defaults are
-written out.
+do not move when a library release changes a default. The values are those of the authors' code;
+where they relied on AIHWKit 0.9.0 defaults, those defaults are written out.
 
 The device is AIHWKit's ``SoftBoundsReferenceDevice`` with bounds ±τ: one pulse moves a weight by
 ``dw_min·(1 − w/τ)`` up or ``dw_min·(1 + w/τ)`` down, which in expectation is the paper's asymmetric
-linear device (ALD) ``w ← w + Δ − (|Δ|/τ)·w`` (PAPER.md §1.2).
+linear device (ALD) ``w ← w + Δ − (|Δ|/τ)·w`` (the paper).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from aihwkit.simulator.parameters.enums import (
 SETTINGS = ("FP SGD", "Analog SGD", "TT-v1")
 """The training algorithms of the MNIST and CIFAR experiments, named as the authors' --SETTING flag."""
 
-MNIST_DEVICE_SEED = 10  # construction_seed of the soft-bounds device (EXPERIMENTS.md §7.1)
+MNIST_DEVICE_SEED = 10  # construction_seed of the soft-bounds device (as in the authors' code)
 TT_COMPOUND_SEED = 123  # construction_seed of the TT-v1 compound (build_config(..., 123))
 TT_FAST_LR = 0.01       # β, the learning rate of the auxiliary array A; not scheduled
 TT_READS_PER_TRANSFER = 1
@@ -111,7 +110,7 @@ def soft_bounds_device(
 def mnist_device(tau: float, dw_min: float = 1e-3) -> SoftBoundsReferenceDevice:
     """The device of the MNIST (dw_min 1e-3) and CIFAR (dw_min τ/600) runs: AIHWKit 0.9.0's
     soft-bounds defaults written out (30 % spread of step size and bounds, 30 % pulse noise,
-    1 % up/down spread), bounds ±τ, construction seed 10 (EXPERIMENTS.md §7.1)."""
+    1 % up/down spread), bounds ±τ, construction seed 10 (as in the authors' code)."""
     return soft_bounds_device(tau, dw_min, dw_min_dtod=0.3, dw_min_std=0.3, up_down_dtod=0.01,
                               w_bound_dtod=0.3, reset_std=0.01)
 
@@ -137,12 +136,12 @@ def _io(**fields: object) -> IOParameters:
 def default_io() -> IOParameters:
     """The MNIST/CIFAR forward/backward IO: AIHWKit 0.9.0's defaults written out: 7-bit DAC
     (inp_res 1/126, inp_bound 1), 9-bit ADC (out_res 1/510, out_bound 12), output noise 0.06,
-    ABS_MAX noise management, ITERATIVE bound management (EXPERIMENTS.md §1.4)."""
+    ABS_MAX noise management, ITERATIVE bound management (as in the authors' code)."""
     return _io()
 
 
 def least_squares_io(w_noise: float, managed: bool = False) -> IOParameters:
-    """IO of the least-squares runs (EXPERIMENTS.md §1.3).
+    """IO of the least-squares runs (as in the authors' code).
 
     managed=False: "IO-A" (S1, S2, S3.1, S3.2): inputs and outputs clipped at ±10, no DAC/ADC
     quantisation, no input/output noise, no noise or bound management, additive weight noise of std
@@ -162,7 +161,7 @@ def least_squares_io(w_noise: float, managed: bool = False) -> IOParameters:
 
 def update_parameters(desired_bl: int = 31, sto_round: bool = False) -> UpdateParameters:
     """Stochastic-compressed pulse trains of at most ``desired_bl`` pulses, with bit-length and
-    update management (AIHWKit's pulsed-update scheme, EXPERIMENTS.md §1.5-2)."""
+    update management (AIHWKit's pulsed-update scheme)."""
     return UpdateParameters(
         desired_bl=desired_bl, fixed_bl=True, pulse_type=PulseType.STOCHASTIC_COMPRESSED, res=0,
         x_res_implicit=0, d_res_implicit=0, d_sparsity=False, sto_round=sto_round,
@@ -228,7 +227,7 @@ def tiki_taka_config(device: SoftBoundsReferenceDevice, fast_lr: float = TT_FAST
 
 
 def rpu_config(setting: str, tau: float, dw_min: float = 1e-3):
-    """The RPU config of one ``--SETTING`` of the MNIST and CIFAR experiments (EXPERIMENTS.md §7.1).
+    """The RPU config of one ``--SETTING`` of the MNIST and CIFAR experiments (as in the authors' code).
 
     "FP SGD": ideal floating-point tiles (exact SGD); "Analog SGD": one soft-bounds(τ) device per
     weight, pulsed updates, the default IO; "TT-v1": Tiki-Taka v1 on two such devices.

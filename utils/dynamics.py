@@ -1,6 +1,6 @@
 """The paper's discrete-time update rules as ``torch.optim.Optimizer`` s (pure PyTorch, any device).
 
-Symbols follow the paper (PAPER.md §1): ``tau`` (τ) is the device bound / asymmetry parameter of the
+Symbols follow the paper (the paper): ``tau`` (τ) is the device bound / asymmetry parameter of the
 asymmetric linear device (ALD), ``sigma`` (σ) the std of the Gaussian noise added to every gradient
 element, ``lr`` the step size α, ``beta`` (β) Tiki-Taka's auxiliary-array step size, ``gamma`` (γ) its
 mixing factor. The symmetric point is 0.
@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 
 
 def analog_increment(w: Tensor, delta: Tensor, tau: float) -> Tensor:
-    """Apply the ALD's expected response to a requested change ``delta``, in place (PAPER.md eq. 8).
+    """Apply the ALD's expected response to a requested change ``delta``, in place (paper eq. 8).
 
     ``w ← w + Δ − (|Δ|/τ) ⊙ w``: steps away from 0 shrink as |w| → τ (saturation), steps towards 0
     are amplified (fast reset). Returns ``w``.
@@ -87,7 +87,7 @@ class AnalogSGDDynamic(_NoisyOptimizer):
 
 
 class TikiTakaDynamic(_NoisyOptimizer):
-    """The Tiki-Taka dynamic of PAPER.md §1.6, with an auxiliary analog array P per parameter.
+    """The Tiki-Taka dynamic of the paper, with an auxiliary analog array P per parameter.
 
     The gradient is taken at what the model holds, W̄ = W + γP (γ = 0 in the paper, so W̄ = W); then
         P ← P + βg̃ − (β/τ)|g̃| ⊙ P              (gradient written onto P, every step)

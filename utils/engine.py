@@ -1,6 +1,6 @@
 """The one training/evaluation loop of the MNIST experiments (and, later, the CIFAR fine-tuning).
 
-As in the authors' code (EXPERIMENTS.md §7.1): ``AnalogSGD(model.parameters(), lr)`` with a single
+As in the authors' code: ``AnalogSGD(model.parameters(), lr)`` with a single
 parameter group (AIHWKit then trains every tile at that group's lr, re-read at each step, so the
 scheduler acts on the tiles too), ``StepLR(step_size=35, gamma=0.1)`` stepped once per epoch, a test
 evaluation before training (epoch 0) and after every epoch.
@@ -40,7 +40,7 @@ from tqdm import tqdm
 from utils.cli import UserError
 from utils.results import atomic_write_bytes, environment, read_json, write_json
 
-LR_STEP = 35     # epochs between lr decays (EXPERIMENTS.md §7.1)
+LR_STEP = 35     # epochs between lr decays (as in the authors' code)
 LR_GAMMA = 0.1   # lr decay factor
 EVAL_BATCH = 1000  # test images per forward pass (any size gives the same numbers)
 MAY_CHANGE_ON_RESUME = ("epochs", "threads", "device", "save_checkpoint")
@@ -303,3 +303,17 @@ def train_mnist(args: argparse.Namespace, experiment: str,
                  TensorLoader(data.test.to(device), EVAL_BATCH, shuffle=False),
                  lr=args.lr, epochs=args.epochs, seed=args.seed, device=device, record=record,
                  save_model=args.save_checkpoint)
+
+
+def mnist_main(doc: str | None, experiment: str, build_model: Callable[[Any], nn.Module],
+               batch_size: int, argv: list[str] | None = None) -> None:
+    """The command line of S4.1 / S4.2: parse the flags and train; a UserError (bad flag, missing
+    data, corrupt checkpoint) ends the program with one line and exit status 2."""
+    from utils.cli import add_training_flags, fail, make_parser
+
+    parser = make_parser(doc)
+    add_training_flags(parser, batch_size=batch_size)
+    try:
+        train_mnist(parser.parse_args(argv), experiment, build_model)
+    except UserError as err:
+        fail(str(err))

@@ -1,6 +1,6 @@
 """The synthetic least-squares problems of Figures 1, 3 and 4 and their run loops.
 
-f(W) = ½‖A(W − W*)‖²-type objectives (EXPERIMENTS.md §1.2): A is N×d Gaussian (N = 100 rows),
+f(W) = ½‖A(W − W*)‖²-type objectives (as in the authors' code): A is N×d Gaussian (N = 100 rows),
 x* Gaussian, labels y = A x* + b* (noiseless), model ``Linear(d, 1)`` with a bias, full-batch
 gradients. f* = 0, so the recorded value is f(W_k) − f*. As in the authors' code the recorded value is
 the training loss divided by d.
@@ -35,7 +35,7 @@ class ProblemSpec:
     loss: str
 
 
-PROBLEMS = {  # EXPERIMENTS.md §1.2
+PROBLEMS = {  # the authors' settings
     "S1": ProblemSpec(d=40, x_scale=0.45, a_scale=1.0, bias=0.0, loss="mse"),
     "S2": ProblemSpec(d=40, x_scale=0.3, a_scale=0.5, bias=0.0, loss="half_mse"),
     "S3.2": ProblemSpec(d=50, x_scale=0.5, a_scale=1.0, bias=0.0, loss="half_mse"),

@@ -1,9 +1,9 @@
 """Figure 5 and its table from MNIST run folders (written by utils.engine; never trains).
 
 A run folder is ``<root>/runs/MNIST-<NET>/<name>/seed<k>/metrics.jsonl`` with one line per epoch.
-Seeds of one (network, setting, τ) are aggregated as the authors' plot scripts do (EXPERIMENTS.md
-§7.4): per-epoch mean and population std over seeds; the table value is the mean over the last 5
-epochs of the per-epoch mean, and its ± the mean over those epochs of the per-epoch std.
+Seeds of one (network, setting, τ) are aggregated as the authors' plot scripts do: per-epoch mean
+and population std over seeds; the table value is the mean over the last 5 epochs of the per-epoch
+mean, and its ± the mean over those epochs of the per-epoch std.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from utils.results import atomic_write_bytes
 NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
 ANALOG = ("Analog SGD", "TT-v1")
 LAST = 5  # epochs averaged for the table
-PAPER = {  # Figure 5's table (PAPER.md §3.2), test accuracy % (mean ± std over 3 runs, 80 epochs)
+PAPER = {  # Figure 5's table (the paper), test accuracy % (mean ± std over 3 runs, 80 epochs)
     ("FCN", "FP SGD", None): (98.15, 0.04),
     ("FCN", "Analog SGD", 0.7): (11.35, 0.00), ("FCN", "Analog SGD", 0.78): (97.71, 0.63),
     ("FCN", "Analog SGD", 0.8): (97.78, 0.36),

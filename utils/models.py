@@ -1,4 +1,4 @@
-"""The MNIST networks of Figure 5 (EXPERIMENTS.md §7.2, §7.3), with every weight matrix on analog
+"""The MNIST networks of Figure 5 (as in the authors' code), with every weight matrix on analog
 tiles configured by one ``rpu_config`` (utils.devices.rpu_config) and biases digital.
 
 Both take images of shape (N, 1, 28, 28) and return log-probabilities (train with NLLLoss).
@@ -14,7 +14,7 @@ from torch import nn
 def build_fcn(rpu_config) -> AnalogSequential:
     """FCN 784-256-128-10 with sigmoids, built digitally (torch's default init) and converted, as
     the authors do. Layer 1 has 784 > 512 inputs, so AIHWKit splits it into two 392-input tiles
-    whose outputs are summed digitally (EXPERIMENTS.md §1.5-8)."""
+    whose outputs are summed digitally (as in the authors' code)."""
     digital = nn.Sequential(
         nn.Flatten(),
         nn.Linear(784, 256), nn.Sigmoid(),

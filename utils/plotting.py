@@ -38,6 +38,7 @@ def save_figure(fig: Figure, out: Path, name: str) -> list[Path]:
         fig.savefig(buf, format=ext)
         path = Path(out) / "figures" / f"{name}.{ext}"
         atomic_write_bytes(path, buf.getvalue())
+        print(f"figure: {path}")
         paths.append(path)
     plt.close(fig)
     return paths

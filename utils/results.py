@@ -87,6 +87,13 @@ class RunFolder:
         self.path = Path(out) / "runs" / experiment / config_hash(config)
         self.results_path = self.path / results_name
 
+    @classmethod
+    def from_args(cls, args: Any, experiment: str, ignore: tuple[str, ...] = ()) -> RunFolder:
+        """The run folder of a script's parsed flags; --out, --force and ``ignore`` (flags that
+        change only the drawing) do not name the run."""
+        config = {k: v for k, v in vars(args).items() if k not in ("out", "force", *ignore)}
+        return cls(args.out, experiment, config)
+
     @property
     def done(self) -> bool:
         return self.results_path.is_file()
