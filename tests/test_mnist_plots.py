@@ -34,11 +34,13 @@ def test_fcn_plot_aggregates_seeds_and_names_missing_runs(tmp_path):
     # two seeds of digital SGD, 8 epochs: the last 5 epochs are constant at 90 % and 80 %
     write_metrics(tmp_path, "FCN", "FP SGD", 0.7, 0, [0.1, 0.5, 0.7] + [0.9] * 6)
     write_metrics(tmp_path, "FCN", "FP SGD", 0.7, 1, [0.1, 0.5, 0.7] + [0.8] * 6)
+    write_metrics(tmp_path, "FCN", "FP SGD", 0.7, 2, [0.1, 0.2])  # unfinished: left out
     write_metrics(tmp_path, "FCN", "TT-v1", 0.78, 0, [0.1, 0.6, 0.95, 0.97])
     proc = run("S4.1-plot-FCN.py", "--runs", tmp_path, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "figures" / "fig5_mnist_fcn.png").stat().st_size > 1000
     assert "missing run: MNIST-FCN/Analog SGD-tau=0.7" in proc.stdout
+    assert "MNIST-FCN/FP SGD/seed2: left out, 1 of the 8 epochs" in proc.stdout
     rows = list(csv.DictReader(io.StringIO((tmp_path / "tables" / "mnist.csv").read_text())))
     by_key = {(r["network"], r["algorithm"], r["tau"]): r for r in rows}
     assert len(rows) == 14  # 7 runs per network, both networks

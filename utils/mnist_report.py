@@ -76,7 +76,13 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None) -> Cur
     per_seed = {k: v for k, v in per_seed.items() if v}
     if not per_seed:
         return None
-    common = min(len(v) for v in per_seed.values())
+    longest = max(len(v) for v in per_seed.values())
+    for seed, rows in list(per_seed.items()):
+        if len(rows) < longest:  # unfinished (or shorter) seeds would cut the others' curves short
+            print(f"MNIST-{network}/{run_name(setting, tau)}/{seed}: left out, {rows[-1]['epoch']} "
+                  f"of the {longest - 1} epochs of the other seeds")
+            del per_seed[seed]
+    common = longest
     acc = np.array([[100 * m["test_acc"] for m in v[:common]] for v in per_seed.values()])
     epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))[:common]])
     return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0))
