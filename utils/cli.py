@@ -135,9 +135,10 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
                              "slower)")
 
 
-def torch_device(cuda: int):
+def torch_device(cuda: int, require_aihwkit_cuda: bool = True):
     """The torch.device of ``--CUDA``: -1 is the CPU; a GPU index needs a GPU visible to torch and
-    an AIHWKit built with CUDA (the PyPI wheel is CPU-only)."""
+    (unless ``require_aihwkit_cuda`` is false: the caller keeps its analog tiles on the CPU) an
+    AIHWKit built with CUDA (the PyPI wheel is CPU-only)."""
     import torch
     from aihwkit.simulator.rpu_base import cuda as aihwkit_cuda
 
@@ -147,7 +148,7 @@ def torch_device(cuda: int):
         raise UserError(f"--CUDA must be -1 (CPU) or a GPU index >= 0, got {cuda}")
     if not torch.cuda.is_available():
         raise UserError(f"--CUDA {cuda}: torch sees no CUDA GPU here; use --CUDA -1 (CPU)")
-    if not aihwkit_cuda.is_compiled():
+    if require_aihwkit_cuda and not aihwkit_cuda.is_compiled():
         raise UserError(f"--CUDA {cuda}: this AIHWKit was built without CUDA (the PyPI wheel is "
                         "CPU-only; install aihwkit-gpu from conda-forge); use --CUDA -1 (CPU)")
     if cuda >= torch.cuda.device_count():

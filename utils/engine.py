@@ -1,4 +1,4 @@
-"""The one training/evaluation loop of the MNIST experiments (and, later, the CIFAR fine-tuning).
+"""The one training/evaluation loop of the MNIST experiments and of the CIFAR-10 fine-tuning.
 
 As in the authors' code: ``AnalogSGD(model.parameters(), lr)`` with a single
 parameter group (AIHWKit then trains every tile at that group's lr, re-read at each step, so the
@@ -19,6 +19,11 @@ threads, the device and --save-checkpoint must match the run already in the fold
 Deviations from the authors' loop (README "Deviations"): the test loss is the mean per-image loss
 (theirs summed per-batch means and divided by the number of images, i.e. also by the batch size);
 State/lr is the lr used in the epoch (theirs: the lr after the scheduler step, i.e. the next one).
+
+The CIFAR-10 fine-tuning (utils.finetune) uses the same loop through keyword hooks whose defaults
+are the MNIST behaviour: its own optimizer (named parameter groups, each with its lr, recorded per
+epoch as ``group_lr``), StepLR's step size, the loss, how the model is placed on the device (the
+analog head may stay on the CPU) and settings that may change on resume.
 """
 
 from __future__ import annotations
@@ -67,13 +72,13 @@ def _jsonable(obj: Any) -> Any:
 class RunState:
     """What a previous run left in a folder, read and checked without writing anything."""
 
-    def __init__(self, folder: Path, config: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, config: dict[str, Any], may_change: Iterable[str] = ()) -> None:
         self.folder = folder
         self.checkpoint: dict[str, Any] | None = None
         self.metrics: list[dict[str, Any]] = []
         saved = self._read(folder / "config.json", read_json)
         if saved is not None:
-            old, new = (_identity(saved), _identity(config))
+            old, new = (_identity(saved, may_change), _identity(config, may_change))
             if old != new:
                 keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
                 diff = ", ".join(_change(k, old.get(k), new.get(k)) for k in keys)
@@ -118,9 +123,9 @@ def _change(key: str, old: Any, new: Any) -> str:
     return f"{key}: {old!r} -> {new!r}"
 
 
-def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in _jsonable(config).items()
-            if k not in MAY_CHANGE_ON_RESUME and k != "environment"}
+def _identity(config: dict[str, Any], may_change: Iterable[str] = ()) -> dict[str, Any]:
+    ignore = {*MAY_CHANGE_ON_RESUME, *may_change, "environment"}
+    return {k: v for k, v in _jsonable(config).items() if k not in ignore}
 
 
 def load_model_state(model: nn.Module, state_dict: dict[str, Any]) -> None:
@@ -168,20 +173,30 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: LossFn) -> tuple[floa
 
 def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test_loader, *,
           lr: float, epochs: int, seed: int, device: torch.device, record: dict[str, Any],
-          save_model: bool = False, loss_fn: LossFn = F.nll_loss) -> list[dict[str, Any]]:
+          save_model: bool = False, loss_fn: LossFn = F.nll_loss,
+          make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+          lr_step: int = LR_STEP, lr_gamma: float = LR_GAMMA,
+          to_device: Callable[[nn.Module, torch.device], nn.Module] | None = None,
+          may_change: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Train ``build_model()`` for ``epochs`` epochs (resuming what ``folder`` holds) and return
     the metrics of epochs 0..epochs.
 
     ``train_loader`` must have ``set_epoch(e)`` (its order depends only on the seed and e) and
     ``batch_size``; ``record`` holds the caller's settings for config.json. Everything that can be
     wrong with the folder raises UserError before anything is written.
+
+    Hooks (the defaults are the MNIST loop): ``make_optimizer(model)`` builds the optimizer
+    (default: AnalogSGD with one group at ``lr``); param groups with a "name" key get their lr
+    recorded per epoch as ``group_lr``; StepLR(``lr_step``, ``lr_gamma``) is stepped per epoch;
+    ``to_device(model, device)`` places the model (default ``model.to(device)``); the record keys
+    in ``may_change`` may differ when a run is resumed.
     """
-    config = {**record, "lr": lr, "epochs": epochs, "seed": seed, "lr_step": LR_STEP,
-              "lr_gamma": LR_GAMMA, "batch_size": train_loader.batch_size,
+    config = {**record, "lr": lr, "epochs": epochs, "seed": seed, "lr_step": lr_step,
+              "lr_gamma": lr_gamma, "batch_size": train_loader.batch_size,
               "eval_batch_size": test_loader.batch_size, "loss": loss_fn.__name__,
               "device": str(device), "threads": torch.get_num_threads(),
               "save_checkpoint": save_model}
-    state = RunState(folder, config)
+    state = RunState(folder, config, may_change)
     if state.epoch >= epochs:
         print(f"{folder}: finished ({state.epoch} epochs); nothing to do")
         if save_model and not (folder / "model.pt").is_file():
@@ -196,11 +211,11 @@ def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test
         except Exception as err:  # noqa: BLE001
             raise UserError(f"{folder / 'checkpoint.pt'} does not fit this model "
                             f"({_one_line(err)}); delete it to restart") from None
-    model = model.to(device)
+    model = model.to(device) if to_device is None else to_device(model, device)
     # Built after loading: load_state_dict replaces each tile's AnalogContext parameter, and an
     # optimizer holding the old ones would not train the tiles.
-    optimizer = _analog_sgd(model, lr)
-    scheduler = StepLR(optimizer, step_size=LR_STEP, gamma=LR_GAMMA)
+    optimizer = _analog_sgd(model, lr) if make_optimizer is None else make_optimizer(model)
+    scheduler = StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
     if state.checkpoint:
         optimizer.load_state_dict(state.checkpoint["optimizer_state_dict"])
         scheduler.load_state_dict(state.checkpoint["scheduler_state_dict"])
@@ -213,16 +228,20 @@ def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test
     writer = SummaryWriter(str(folder), purge_step=state.epoch + 1)
     metrics = state.metrics
 
-    def finish_epoch(epoch: int, train_loss: float | None, lr_used: float, start: float) -> None:
+    def finish_epoch(epoch: int, train_loss: float | None, lr_used: float, start: float,
+                     group_lr: dict[str, float] | None = None) -> None:
         test_loss, test_acc = evaluate(model, test_loader, loss_fn)
         row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
                "test_acc": test_acc, "lr": lr_used, "time_s": round(time.perf_counter() - start, 3)}
+        if group_lr:
+            row["group_lr"] = group_lr
         metrics.append(row)
         atomic_write_bytes(folder / "metrics.jsonl",
                            "".join(json.dumps(m) + "\n" for m in metrics).encode())
         scalars = {"Loss/test": test_loss, "Accuracy/test": test_acc}
         if train_loss is not None:
             scalars.update({"Loss/train": train_loss, "State/lr": lr_used})
+            scalars.update({f"State/lr/{name}": value for name, value in (group_lr or {}).items()})
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, epoch)
         writer.flush()
@@ -231,13 +250,15 @@ def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test
               f"test acc {100 * test_acc:.2f} %, lr {lr_used:g}, {row['time_s']:.1f} s", flush=True)
 
     if state.epoch < 0:
-        finish_epoch(0, None, optimizer.param_groups[0]["lr"], time.perf_counter())
+        finish_epoch(0, None, optimizer.param_groups[0]["lr"], time.perf_counter(),
+                     _named_group_lrs(optimizer))
     for epoch in range(max(state.epoch, 0) + 1, epochs + 1):
         start, lr_used = time.perf_counter(), optimizer.param_groups[0]["lr"]
+        group_lr = _named_group_lrs(optimizer)
         train_loader.set_epoch(epoch)
         train_loss = train_epoch(model, optimizer, train_loader, loss_fn, f"epoch {epoch}/{epochs}")
         scheduler.step()
-        finish_epoch(epoch, train_loss, lr_used, start)
+        finish_epoch(epoch, train_loss, lr_used, start, group_lr)
     writer.close()
     if save_model:
         atomic_write_bytes(folder / "model.pt", (folder / "checkpoint.pt").read_bytes())
@@ -249,6 +270,11 @@ def _analog_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     from aihwkit.optim import AnalogSGD
 
     return AnalogSGD(model.parameters(), lr=lr)  # one group, no regroup_param_groups (authors)
+
+
+def _named_group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """{name: lr} of the param groups that carry a "name" (none in the MNIST runs)."""
+    return {g["name"]: g["lr"] for g in optimizer.param_groups if "name" in g}
 
 
 def _fmt(value: float | None) -> str:

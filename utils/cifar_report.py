@@ -1,0 +1,175 @@
+"""Table 2 from the CIFAR-10 fine-tuning run folders (written by utils.finetune; never trains).
+
+A run folder is ``<root>/runs/CIFAR10-finetune/<model>[/FFT]/<alg>/seed<k>/`` with metrics.jsonl
+(one line per epoch) and config.json. Seeds are aggregated as for MNIST (utils.mnist_report; a
+seed with fewer epochs than the others is left out, with a note): the table value is the mean over
+the last 5 epochs of the per-epoch mean test accuracy over seeds, and its ± the mean over those
+epochs of the per-epoch population std over seeds. The paper does not say which statistic its
+Table 2 reports (no aggregation code was published).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from utils.finetune import EXPERIMENT, IMAGE_SIZE, MODELS, PAPER_TAU, model_folder
+from utils.mnist_report import LABELS, LAST, Curve, read_metrics
+from utils.results import atomic_write_bytes
+
+PAPER = {  # Table 2 of the paper: test accuracy %, ImageNet weights, full fine-tuning, τ = 0.8
+    ("Resnet18", "FP SGD"): 93.03, ("Resnet34", "FP SGD"): 93.44, ("Resnet50", "FP SGD"): 95.92,
+    ("Resnet18", "Analog SGD"): 93.58, ("Resnet34", "Analog SGD"): 93.58,
+    ("Resnet50", "Analog SGD"): 95.51,
+    ("Resnet18", "TT-v1"): 93.74, ("Resnet34", "TT-v1"): 95.15, ("Resnet50", "TT-v1"): 95.54,
+}
+SETTINGS = ("FP SGD", "Analog SGD", "TT-v1")
+TABLE = "cifar10_resnet"
+
+
+@dataclass
+class Runs:
+    """Every seed of one (model folder, fine-tuning mode, algorithm folder)."""
+
+    model_dir: str  # "Resnet18", "Resnet18-scratch", "Resnet18-custom-<sha>"
+    fft: bool
+    alg: str  # the authors' name: "FP SGD", "Analog SGD-tau=0.8"
+    curve: Curve
+    config: dict  # config.json of the first seed
+
+    @property
+    def key(self) -> tuple[str, bool, str]:
+        return self.model_dir, self.fft, self.alg
+
+
+def _setting_tau(alg: str) -> tuple[str, float | None]:
+    setting, _, tau = alg.partition("-tau=")
+    try:
+        return setting, float(tau) if tau else None
+    except ValueError:
+        return setting, None
+
+
+def load_runs(root: Path) -> list[Runs]:
+    """Every fine-tuning run under ``root/runs/CIFAR10-finetune`` that has finished epoch 0."""
+    base = Path(root) / "runs" / EXPERIMENT
+    grouped: dict[tuple[str, bool, str], dict[str, Path]] = {}
+    for path in sorted(base.glob("**/seed*/metrics.jsonl")):
+        parts = path.relative_to(base).parts[:-2]  # model[, FFT], alg
+        if len(parts) == 3 and parts[1] == "FFT":
+            key = (parts[0], True, parts[2])
+        elif len(parts) == 2:
+            key = (parts[0], False, parts[1])
+        else:
+            continue
+        grouped.setdefault(key, {})[path.parent.name] = path.parent
+    runs = []
+    for (model_dir, fft, alg), seeds in grouped.items():
+        per_seed = {name: read_metrics(folder / "metrics.jsonl") for name, folder in seeds.items()}
+        per_seed = {k: v for k, v in per_seed.items() if v}
+        if not per_seed:
+            continue
+        longest = max(len(v) for v in per_seed.values())
+        for seed, rows in list(per_seed.items()):
+            if len(rows) < longest:  # as for MNIST: an unfinished seed would cut the others short
+                name = "/".join([EXPERIMENT, model_dir, *(["FFT"] if fft else []), alg, seed])
+                print(f"{name}: left out, {rows[-1]['epoch']} of the {longest - 1} epochs of the "
+                      "other seeds")
+                del per_seed[seed]
+        acc = np.array([[100 * m["test_acc"] for m in v] for v in per_seed.values()])
+        epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))])
+        config_path = seeds[next(iter(per_seed))] / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        runs.append(Runs(model_dir, fft, alg, Curve(list(per_seed), epochs, acc.mean(0),
+                                                    acc.std(0)), config))
+    return runs
+
+
+def _notes(runs: Runs) -> str:
+    """What sets a run apart from the paper's protocol."""
+    c, notes = runs.config, []
+    weights = c.get("weights")
+    if weights == "none":
+        notes.append("weights: none (from scratch)")
+    elif weights and weights != "imagenet":
+        notes.append(f"weights: {weights}")
+    if not runs.fft:
+        notes.append("frozen backbone")
+    if c.get("image_size", IMAGE_SIZE) != IMAGE_SIZE:
+        notes.append(f"{c['image_size']} px images")
+    if c.get("lr_groups_mode", "authors") != "authors":
+        notes.append(f"lr groups: {c['lr_groups_mode']}")
+    if c.get("data", {}).get("official") is False:
+        notes.append("not the official CIFAR-10 files")
+    return "; ".join(notes)
+
+
+def table_rows(root: Path) -> tuple[list[dict], list[str]]:
+    """The 9 runs of Table 2 (ours beside the paper's), then any other run found; and the names
+    of the missing Table 2 runs."""
+    found = {r.key: r for r in load_runs(root)}
+    rows, missing = [], []
+
+    def row(runs: Runs | None, model: str, setting: str, tau: float | None, paper: str,
+            name: str) -> dict:
+        out = {"model": model, "algorithm": LABELS.get(setting, setting),
+               "tau": "" if tau is None else f"{tau:g}", "ours": "missing", "seeds": 0,
+               "epochs": 0, "paper": paper, "notes": "", "run": name}
+        if runs is not None:
+            mean, std = runs.curve.summary()
+            out.update(ours=f"{mean:.2f} ± {std:.2f}", seeds=len(runs.curve.seeds),
+                       epochs=runs.curve.last_epochs, notes=_notes(runs))
+        return out
+
+    for model in MODELS:
+        for setting in SETTINGS:
+            tau = None if setting == "FP SGD" else PAPER_TAU
+            alg = setting if tau is None else f"{setting}-tau={tau}"
+            key = (model_folder(model, "imagenet"), True, alg)
+            name = f"{EXPERIMENT}/{model}/FFT/{alg}"
+            if key not in found:
+                missing.append(name)
+            rows.append(row(found.pop(key, None), model, setting, tau,
+                            f"{PAPER[(model, setting)]:.2f}", name))
+    for key in sorted(found, key=lambda k: (k[0], not k[1], k[2])):
+        runs = found[key]
+        setting, tau = _setting_tau(runs.alg)
+        name = "/".join([EXPERIMENT, runs.model_dir, *(["FFT"] if runs.fft else []), runs.alg])
+        rows.append(row(runs, runs.model_dir.split("-")[0], setting, tau, "", name))
+    return rows, missing
+
+
+def write_table(root: Path, out: Path) -> tuple[list[Path], list[str]]:
+    """``<out>/tables/cifar10_resnet.{md,csv}``; returns the files and the missing runs."""
+    rows, missing = table_rows(root)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = Path(out) / "tables" / f"{TABLE}.csv"
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    lines = [
+        "# Table 2: CIFAR-10 test accuracy (%) of fine-tuned ResNets, only the classifier analog",
+        "",
+        f"Ours: mean over the last {LAST} epochs of the per-epoch mean test accuracy over seeds; ± is "
+        "the mean over those epochs of the per-epoch population std over seeds (0 for one seed), as "
+        "for MNIST. The paper does not say which statistic it reports (one number, 100 epochs). "
+        "`epochs`: how many epochs the runs trained (the paper: 100); fewer epochs are reduced "
+        "budgets, not comparable to the paper. Rows below the first nine are other runs found "
+        "(their `notes` say how they differ from the paper's protocol).",
+        "",
+        "| model | algorithm | τ | ours | seeds | epochs | paper | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['model']} | {r['algorithm']} | {r['tau']} | {r['ours']} | {r['seeds']} | "
+              f"{r['epochs']} | {r['paper']} | {r['notes']} |" for r in rows]
+    if missing:
+        lines += ["", "Missing runs: " + ", ".join(missing) + "."]
+    md_path = Path(out) / "tables" / f"{TABLE}.md"
+    atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
+    return [md_path, csv_path], missing
