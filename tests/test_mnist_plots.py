@@ -28,6 +28,7 @@ def write_metrics(root: Path, network: str, setting: str, tau: float, seed: int,
     lines = [json.dumps({"epoch": e, "test_acc": a, "train_loss": None if e == 0 else 0.1,
                          "test_loss": 0.1, "lr": 0.05}) for e, a in enumerate(accuracies)]
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "config.json").write_text(json.dumps({"epochs": 80 if setting == "TT-v1" else 7}))
 
 
 def test_fcn_plot_aggregates_seeds_and_names_missing_runs(tmp_path):
@@ -48,7 +49,7 @@ def test_fcn_plot_aggregates_seeds_and_names_missing_runs(tmp_path):
     assert (digital["ours"], digital["seeds"], digital["epochs"]) == ("85.00 ± 5.00", "2", "8")
     assert digital["paper"] == "98.15 ± 0.04"
     tt = by_key[("FCN", "Tiki-Taka", "0.78")]
-    assert (tt["ours"], tt["epochs"]) == (f"{(60 + 95 + 97) / 3:.2f} ± 0.00", "3")
+    assert (tt["ours"], tt["epochs"]) == (f"{(60 + 95 + 97) / 3:.2f} ± 0.00", "3 of 80")
     assert by_key[("CNN", "Analog SGD", "0.6")]["ours"] == "missing"
     table = (tmp_path / "tables" / "mnist.md").read_text()
     assert "Missing runs:" in table and "MNIST-CNN/FP SGD" in table

@@ -54,6 +54,14 @@ class Curve:
     epochs: np.ndarray  # 0 … E, the epochs every seed has finished
     mean: np.ndarray
     std: np.ndarray  # population std over seeds (0 for one seed)
+    target_epochs: int | None = None  # the --epochs the runs were started with
+
+    @property
+    def epochs_label(self) -> str:
+        """"80", or "37 of 80" for a run still going (or stopped) short of its --epochs."""
+        if self.target_epochs and self.last_epochs < self.target_epochs:
+            return f"{self.last_epochs} of {self.target_epochs}"
+        return str(self.last_epochs)
 
     @property
     def last_epochs(self) -> int:
@@ -83,9 +91,12 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None) -> Cur
                   f"of the {longest - 1} epochs of the other seeds")
             del per_seed[seed]
     common = longest
+    config = folder / next(iter(per_seed)) / "config.json"
+    target = json.loads(config.read_text()).get("epochs") if config.is_file() else None
     acc = np.array([[100 * m["test_acc"] for m in v[:common]] for v in per_seed.values()])
     epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))[:common]])
-    return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0))
+    return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0),
+                 target_epochs=target)
 
 
 def load_panel(root: Path, network: str, taus: tuple[float, ...] | None = None
@@ -108,6 +119,7 @@ def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
     styles = {"Analog SGD": ("--", "o"), "TT-v1": ("-", "^"), "FP SGD": ("-.", "s")}
     inset = inset_axes(ax, width="40%", height="30%", loc="lower left",
                        bbox_to_anchor=(0.5, 0.2, 1, 1), bbox_transform=ax.transAxes)
+    last = max(c.epochs[-1] for c in curves.values())
     zoom_values = []
     for (setting, tau), curve in curves.items():
         color = "C3" if tau is None else f"C{taus.index(tau) if tau in taus else 4}"
@@ -115,16 +127,15 @@ def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
         y = ema(curve.mean, smoothing)
         every = max(1, len(y) // 16)
         ax.plot(curve.epochs, y, ls=ls, marker=marker, color=color, ms=3, markevery=every)
-        k = min(4, len(y))
-        inset.plot(curve.epochs[-k:], y[-k:], ls=ls, marker=marker, color=color, ms=3)
-        if y[-1] > 90:  # collapsed runs would flatten the zoom
-            zoom_values.extend(y[-k:])
+        zoom = curve.epochs >= last - 3  # the zoom shows the last 4 epochs of the longest run
+        inset.plot(curve.epochs[zoom], y[zoom], ls=ls, marker=marker, color=color, ms=3)
+        if zoom.any() and y[-1] > 90:  # collapsed runs would flatten the zoom
+            zoom_values.extend(y[zoom])
     if zoom_values:
         lo, hi = min(zoom_values), max(zoom_values)
         pad = max(0.1, 0.1 * (hi - lo))
         inset.set_ylim(lo - pad, hi + pad)
-        last = max(c.epochs[-1] for c in curves.values())
-        inset.set_xlim(last - 3, last)
+        inset.set_xlim(max(last - 3, 0), last)
         mark_inset(ax, inset, loc1=2, loc2=1, fc="none", ec="0.6")
     inset.grid(True, alpha=0.3)
     inset.tick_params(labelsize=6)
@@ -154,7 +165,7 @@ def table_rows(root: Path) -> tuple[list[dict], list[str]]:
             else:
                 mean, std = curve.summary()
                 row.update(ours=f"{mean:.2f} ± {std:.2f}", seeds=len(curve.seeds),
-                           epochs=curve.last_epochs)
+                           epochs=curve.epochs_label)
             rows.append(row)
     return rows, missing
 
@@ -172,8 +183,9 @@ def write_table(root: Path, out: Path) -> list[str]:
         "",
         f"Ours: mean over the last {LAST} epochs of the per-epoch mean over seeds; ± is the mean over "
         "those epochs of the per-epoch population std over seeds (0 for one seed), as the authors' plot "
-        "scripts compute it. `epochs`: how many epochs the runs trained (the paper: 80, 3 seeds). "
-        "Runs with fewer epochs are reduced budgets and are not comparable to the paper's number.",
+        "scripts compute it. `epochs`: how many epochs the runs trained (the paper: 80, 3 seeds; "
+        "'37 of 80': a run not finished yet). Runs with fewer epochs are reduced budgets and are not "
+        "comparable to the paper's number.",
         "",
         "| network | algorithm | τ | ours | seeds | epochs | paper |",
         "|---|---|---|---|---|---|---|",
