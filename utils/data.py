@@ -549,3 +549,24 @@ class ImageLoader:
             num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=False)
         for x, y in loader:
             yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+
+
+def write_cifar10_subset(data: CIFAR10, root: Path, n_train: int, n_test: int) -> Path:
+    """Write the first ``n_train`` training and ``n_test`` test images of ``data`` to
+    ``root/cifar-10-batches-py`` in the original format (quick end-to-end runs on real images; the
+    loader notes that they are not the official files)."""
+    folder = Path(root) / CIFAR_FOLDER
+
+    def batch(images: np.ndarray, labels: np.ndarray, label: str) -> bytes:
+        entry = {"batch_label": label, "labels": labels.tolist(),
+                 "data": images.transpose(0, 3, 1, 2).reshape(len(images), -1)}
+        return pickle.dumps(entry, protocol=2)
+
+    train = np.array_split(np.arange(min(n_train, len(data.train_labels))), len(CIFAR_TRAIN))
+    for i, (name, idx) in enumerate(zip(CIFAR_TRAIN, train, strict=True)):
+        atomic_write_bytes(folder / name, batch(data.train_images[idx], data.train_labels[idx],
+                                                f"training batch {i + 1} of 5 (subset)"))
+    n_test = min(n_test, len(data.test_labels))
+    atomic_write_bytes(folder / CIFAR_TEST, batch(data.test_images[:n_test], data.test_labels[:n_test],
+                                                  "testing batch 1 of 1 (subset)"))
+    return folder
