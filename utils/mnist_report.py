@@ -217,7 +217,6 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
                  f"(README, Figure 5) or point --runs at their folder")
     for name in missing:
         print(f"missing run: {name} (not drawn)")
-    for path in plot_panel(network, curves, taus, args.out, args.smoothing):
-        print(f"figure: {path}")
+    plot_panel(network, curves, taus, args.out, args.smoothing)
     write_table(args.runs, args.out)
     print((Path(args.out) / "tables" / "mnist.md").read_text())
