@@ -10,17 +10,15 @@ Table 2 reports (no aggregation code was published).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from utils import results
 from utils.finetune import EXPERIMENT, IMAGE_SIZE, MODELS, PAPER_TAU, model_folder
 from utils.mnist_report import LABELS, LAST, Curve, read_metrics
-from utils.results import atomic_write_bytes
 
 PAPER = {  # Table 2 of the paper: test accuracy %, ImageNet weights, full fine-tuning, τ = 0.8
     ("Resnet18", "FP SGD"): 93.03, ("Resnet34", "FP SGD"): 93.44, ("Resnet50", "FP SGD"): 95.92,
@@ -147,13 +145,7 @@ def table_rows(root: Path) -> tuple[list[dict], list[str]]:
 def write_table(root: Path, out: Path) -> tuple[list[Path], list[str]]:
     """``<out>/tables/cifar10_resnet.{md,csv}``; returns the files and the missing runs."""
     rows, missing = table_rows(root)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    csv_path = Path(out) / "tables" / f"{TABLE}.csv"
-    atomic_write_bytes(csv_path, buf.getvalue().encode())
-    lines = [
+    header = [
         "# Table 2: CIFAR-10 test accuracy (%) of fine-tuned ResNets, only the classifier analog",
         "",
         f"Ours: mean over the last {LAST} epochs of the per-epoch mean test accuracy over seeds; ± is "
@@ -163,13 +155,7 @@ def write_table(root: Path, out: Path) -> tuple[list[Path], list[str]]:
         "budgets, not comparable to the paper. Rows below the first nine are other runs found "
         "(their `notes` say how they differ from the paper's protocol).",
         "",
-        "| model | algorithm | τ | ours | seeds | epochs | paper | notes |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['model']} | {r['algorithm']} | {r['tau']} | {r['ours']} | {r['seeds']} | "
-              f"{r['epochs']} | {r['paper']} | {r['notes']} |" for r in rows]
-    if missing:
-        lines += ["", "Missing runs: " + ", ".join(missing) + "."]
-    md_path = Path(out) / "tables" / f"{TABLE}.md"
-    atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
-    return [md_path, csv_path], missing
+    columns = ["model", "algorithm", "tau", "ours", "seeds", "epochs", "paper", "notes"]
+    paths = results.write_table(out, TABLE, header, rows, missing, columns, labels={"tau": "τ"})
+    return paths, missing

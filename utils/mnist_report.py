@@ -8,8 +8,6 @@ mean, and its ± the mean over those epochs of the per-epoch std.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +16,9 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 
-from utils import cli
+from utils import cli, results
 from utils.engine import run_name
 from utils.plotting import ema, plt, save_figure
-from utils.results import atomic_write_bytes
 
 NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
 ANALOG = ("Analog SGD", "TT-v1")
@@ -183,12 +180,7 @@ def table_rows(root: Path) -> tuple[list[dict], list[str]]:
 def write_table(root: Path, out: Path) -> list[str]:
     """results/tables/mnist.{md,csv}; returns the missing runs (also listed in the table)."""
     rows, missing = table_rows(root)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(Path(out) / "tables" / "mnist.csv", buf.getvalue().encode())
-    lines = [
+    header = [
         "# Figure 5: MNIST test accuracy (%)",
         "",
         f"Ours: mean over the last {LAST} epochs of the per-epoch mean over seeds; ± is the mean over "
@@ -197,14 +189,9 @@ def write_table(root: Path, out: Path) -> list[str]:
         "'37 of 80': a run not finished yet). Runs with fewer epochs are reduced budgets and are not "
         "comparable to the paper's number.",
         "",
-        "| network | algorithm | τ | ours | seeds | epochs | paper |",
-        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['network']} | {r['algorithm']} | {r['tau']} | {r['ours']} | {r['seeds']} | "
-              f"{r['epochs']} | {r['paper']} |" for r in rows]
-    if missing:
-        lines += ["", "Missing runs: " + ", ".join(missing) + "."]
-    atomic_write_bytes(Path(out) / "tables" / "mnist.md", ("\n".join(lines) + "\n").encode())
+    columns = ["network", "algorithm", "tau", "ours", "seeds", "epochs", "paper"]
+    results.write_table(out, "mnist", header, rows, missing, columns, labels={"tau": "τ"})
     return missing
 
 

@@ -8,7 +8,9 @@ half-written result behind.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import platform
@@ -48,6 +50,28 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def write_table(out: Path, name: str, header: list[str], rows: list[dict[str, Any]],
+                missing: list[str], columns: list[str], labels: dict[str, str] | None = None
+                ) -> list[Path]:
+    """``<out>/tables/<name>.csv`` (the rows, every key) and ``.md`` (``header`` lines, then
+    ``columns`` of the rows as a Markdown table, then the missing runs named), atomically.
+    ``labels`` renames columns in the Markdown header only."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path = Path(out) / "tables" / f"{name}.csv"
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    titles = [(labels or {}).get(c, c) for c in columns]
+    lines = [*header, "| " + " | ".join(titles) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    if missing:
+        lines += ["", "Missing runs: " + ", ".join(missing) + "."]
+    md_path = Path(out) / "tables" / f"{name}.md"
+    atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
+    return [md_path, csv_path]
 
 
 def config_hash(config: dict[str, Any]) -> str:
