@@ -11,9 +11,8 @@ on first use (see utils/data.py).
 """
 
 from utils.engine import mnist_main
-from utils.models import build_fcn
 
 BATCH_SIZE = 10  # the authors' value: 6,000 steps per epoch
 
 if __name__ == "__main__":
-    mnist_main(__doc__, "MNIST-FCN", build_fcn, BATCH_SIZE)
+    mnist_main(__doc__, "FCN", BATCH_SIZE)

@@ -11,9 +11,8 @@ on first use (see utils/data.py).
 """
 
 from utils.engine import mnist_main
-from utils.models import build_cnn
 
 BATCH_SIZE = 8  # the authors' value: 7,500 steps per epoch
 
 if __name__ == "__main__":
-    mnist_main(__doc__, "MNIST-CNN", build_cnn, BATCH_SIZE)
+    mnist_main(__doc__, "CNN", BATCH_SIZE)

@@ -98,21 +98,24 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
                        lr: float = 0.05) -> None:
     """The flags of the MNIST training scripts: the authors' (--SETTING, --tau, --CUDA,
     --save-checkpoint) with their defaults (as in the authors' code), then run and data management."""
-    from utils.devices import SETTINGS
+    from utils.analog_torch.presets import SETTINGS
 
     parser.add_argument("--SETTING", choices=SETTINGS, default=SETTINGS[0],
                         help="training algorithm (default: %(default)s)")
-    parser.add_argument("--tau", type=positive_float, default=1.0,
+    parser.add_argument("--tau", type=positive_float, nargs="+", default=[1.0],
                         help="device bound τ: weights live in [-τ, τ]; ignored by FP SGD "
-                             "(default: %(default)s)")
+                             "(default: %(default)s). Several values train several runs")
     parser.add_argument("--CUDA", type=int, default=-1,
                         help="GPU index, or -1 for the CPU (default: %(default)s); a GPU needs "
-                             "AIHWKit built with CUDA (aihwkit-gpu from conda-forge)")
+                             "AIHWKit built with CUDA (aihwkit-gpu from conda-forge) or "
+                             "--backend torch")
     parser.add_argument("--save-checkpoint", action="store_true",
                         help="keep the final checkpoint as model.pt in the run folder (Figure 7)")
-    parser.add_argument("--seed", type=nonneg_int, default=0,
+    parser.add_argument("--seed", type=nonneg_int, nargs="+", default=[0],
                         help="torch seed of the initial weights and of the data order "
-                             "(default: %(default)s)")
+                             "(default: %(default)s). Several values train several runs")
+    add_backend_flags(parser, "OUT/runs/MNIST-<NET>-torch[-pulse]/; with torch, all runs of "
+                              "--tau × --seed train together")
     parser.add_argument("--epochs", type=positive_int, default=epochs,
                         help="training epochs (default: %(default)s); a larger value continues a "
                              "finished run")
@@ -135,12 +138,29 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
                              "slower)")
 
 
+def add_backend_flags(parser: argparse.ArgumentParser, runs_folder: str) -> None:
+    """--backend, --update-mode and --no-compile of the training scripts (``runs_folder``: where
+    the torch backend's runs go, for the help text)."""
+    parser.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
+                        help="aihwkit: AIHWKit's tiles (default); torch: the plain-PyTorch "
+                             "simulation of the same devices and algorithms (utils/analog_torch), "
+                             "on any GPU, several runs batched into one model; its runs go to "
+                             f"{runs_folder}")
+    parser.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
+                        help="torch backend only: moment = the pulsed update's per-device mean and "
+                             "variance from matrix products (fast, default); pulse = every pulse "
+                             "train drawn (exact coincidence counts, slower)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="torch backend only: do not fuse the moment-matched update with "
+                             "torch.compile (which needs a C++ compiler on a CPU and takes seconds "
+                             "once per tile shape)")
+
+
 def torch_device(cuda: int, require_aihwkit_cuda: bool = True):
     """The torch.device of ``--CUDA``: -1 is the CPU; a GPU index needs a GPU visible to torch and
     (unless ``require_aihwkit_cuda`` is false: the caller keeps its analog tiles on the CPU) an
     AIHWKit built with CUDA (the PyPI wheel is CPU-only)."""
     import torch
-    from aihwkit.simulator.rpu_base import cuda as aihwkit_cuda
 
     if cuda == -1:
         return torch.device("cpu")
@@ -148,9 +168,16 @@ def torch_device(cuda: int, require_aihwkit_cuda: bool = True):
         raise UserError(f"--CUDA must be -1 (CPU) or a GPU index >= 0, got {cuda}")
     if not torch.cuda.is_available():
         raise UserError(f"--CUDA {cuda}: torch sees no CUDA GPU here; use --CUDA -1 (CPU)")
-    if require_aihwkit_cuda and not aihwkit_cuda.is_compiled():
+    if require_aihwkit_cuda and not _aihwkit_has_cuda():
         raise UserError(f"--CUDA {cuda}: this AIHWKit was built without CUDA (the PyPI wheel is "
-                        "CPU-only; install aihwkit-gpu from conda-forge); use --CUDA -1 (CPU)")
+                        "CPU-only; install aihwkit-gpu from conda-forge); use --CUDA -1 (CPU) or "
+                        "--backend torch")
     if cuda >= torch.cuda.device_count():
         raise UserError(f"--CUDA {cuda}: only {torch.cuda.device_count()} GPU(s) visible")
     return torch.device(f"cuda:{cuda}")
+
+
+def _aihwkit_has_cuda() -> bool:
+    from aihwkit.simulator.rpu_base import cuda as aihwkit_cuda
+
+    return aihwkit_cuda.is_compiled()

@@ -34,13 +34,14 @@ from aihwkit.simulator.parameters.enums import (
     WeightNoiseType,
 )
 
-SETTINGS = ("FP SGD", "Analog SGD", "TT-v1")
-"""The training algorithms of the MNIST and CIFAR experiments, named as the authors' --SETTING flag."""
-
-MNIST_DEVICE_SEED = 10  # construction_seed of the soft-bounds device (as in the authors' code)
-TT_COMPOUND_SEED = 123  # construction_seed of the TT-v1 compound (build_config(..., 123))
-TT_FAST_LR = 0.01       # β, the learning rate of the auxiliary array A; not scheduled
-TT_READS_PER_TRANSFER = 1
+# One list of settings and constants for both backends (the torch backend's presets need no AIHWKit).
+from utils.analog_torch.presets import (  # noqa: E402, F401 - re-exported
+    MNIST_DEVICE_SEED,
+    SETTINGS,
+    TT_COMPOUND_SEED,
+    TT_FAST_LR,
+    TT_READS_PER_TRANSFER,
+)
 
 
 def check_tau(tau: float) -> None:

@@ -282,14 +282,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _save_checkpoint(path: Path, epoch: int, model: nn.Module, optimizer, scheduler) -> None:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    buf = io.BytesIO()
-    torch.save({"epoch": epoch, "model_state_dict": model.state_dict(),
-                "optimizer_state_dict": optimizer.state_dict(),
-                "scheduler_state_dict": scheduler.state_dict(), "rng": rng}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    _save_state(path, epoch, model.state_dict(), optimizer, scheduler)
 
 
 def _set_rng(rng: dict[str, Any]) -> None:
@@ -299,17 +292,193 @@ def _set_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def train_mnist(args: argparse.Namespace, experiment: str,
-                build_model: Callable[[Any], nn.Module]) -> list[dict[str, Any]]:
-    """S4.1 / S4.2: validate the flags, load MNIST, train ``build_model(rpu_config)``.
-    Every check that can fail runs before the run folder is touched."""
+# --- the torch backend: R runs trained as one batched model ------------------------------------------
+
+@torch.no_grad()
+def evaluate_runs(model: nn.Module, batches: Iterable, runs: int) -> tuple[Tensor, Tensor]:
+    """(R,) mean per-image NLL and (R,) accuracy of a batched model (utils.analog_torch.nn): every
+    test batch is shown to all R runs."""
+    model.eval()
+    loss_sum, correct, n = torch.zeros(runs, dtype=torch.float64), torch.zeros(runs, dtype=torch.float64), 0
+    for x, y in batches:
+        out = model(x.repeat(runs, *([1] * (x.dim() - 1))))
+        target = y.repeat(runs)
+        loss_sum += F.nll_loss(out, target, reduction="none").view(runs, -1).sum(1).cpu()
+        correct += (out.argmax(dim=1) == target).view(runs, -1).sum(1).cpu().double()
+        n += len(y)
+    model.train()
+    return loss_sum / n, correct / n
+
+
+def train_runs(folders: list[Path], build_model: Callable[[list[int]], nn.Module],
+               train_loaders: list, test_loader, *, lr: float, epochs: int, seeds: list[int],
+               device: torch.device, records: list[dict[str, Any]],
+               save_model: bool = False) -> list[list[dict[str, Any]]]:
+    """Train run r of ``folders`` … as one batched model (the torch backend) and return each
+    run's metrics. ``build_model(indices)`` builds the batched model of those runs with their
+    initial weights; run r reads ``train_loaders[r]`` (its own seed's order). Each folder gets the
+    same files as :func:`train`, its checkpoint holding that run alone (a run can resume in another
+    batch, or alone). Runs already finished are skipped; the others are grouped by the epoch they
+    resume after, one batched model per group."""
+    configs = [{**record, "lr": lr, "epochs": epochs, "seed": seed, "lr_step": LR_STEP,
+                "lr_gamma": LR_GAMMA, "batch_size": loader.batch_size,
+                "eval_batch_size": test_loader.batch_size, "loss": "nll_loss",
+                "device": str(device), "threads": torch.get_num_threads(),
+                "save_checkpoint": save_model}
+               for record, seed, loader in zip(records, seeds, train_loaders, strict=True)]
+    states = [RunState(f, c, ("batched_runs",)) for f, c in zip(folders, configs, strict=True)]
+    results: list[list[dict[str, Any]]] = [s.metrics for s in states]
+    groups: dict[int, list[int]] = {}
+    for r, state in enumerate(states):
+        if state.epoch >= epochs:
+            print(f"{folders[r]}: finished ({state.epoch} epochs); nothing to do")
+            if save_model and not (folders[r] / "model.pt").is_file():
+                atomic_write_bytes(folders[r] / "model.pt", (folders[r] / "checkpoint.pt").read_bytes())
+        else:
+            groups.setdefault(state.epoch, []).append(r)
+    for _start_epoch, indices in sorted(groups.items()):
+        metrics = _train_group(indices, [folders[r] for r in indices], [states[r] for r in indices],
+                               [configs[r] for r in indices], build_model,
+                               [train_loaders[r] for r in indices], test_loader, lr=lr,
+                               epochs=epochs, seed=seeds[indices[0]], device=device,
+                               save_model=save_model)
+        for r, m in zip(indices, metrics, strict=True):
+            results[r] = m
+    return results
+
+
+def _train_group(indices: list[int], folders: list[Path], states: list[RunState],
+                 configs: list[dict[str, Any]], build_model, loaders, test_loader, *, lr: float,
+                 epochs: int, seed: int, device: torch.device,
+                 save_model: bool) -> list[list[dict[str, Any]]]:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from utils.analog_torch.nn import AnalogSGD, batched_loss, run_state, stack_states
+
+    runs, start = len(indices), states[0].epoch
+    torch.manual_seed(seed)  # the pulse and noise draws of the whole batch
+    model = build_model(indices)
+    if start >= 0:
+        try:
+            model.load_state_dict(stack_states([s.checkpoint["model_state_dict"] for s in states]))
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"{folders[0] / 'checkpoint.pt'} does not fit this model "
+                            f"({_one_line(err)}); delete it to restart") from None
+    model = model.to(device)
+    optimizer = AnalogSGD(model.parameters(), lr=lr)
+    scheduler = StepLR(optimizer, step_size=LR_STEP, gamma=LR_GAMMA)
+    if start >= 0:
+        scheduler.load_state_dict(states[0].checkpoint["scheduler_state_dict"])
+        optimizer.param_groups[0]["lr"] = scheduler.get_last_lr()[0]
+        _set_rng(states[0].checkpoint.get("rng", {}))
+        print(f"resuming {runs} run(s) after epoch {start}")
+    for folder, config in zip(folders, configs, strict=True):
+        write_json(folder / "config.json", {**config, "batched_runs": runs,
+                                            "environment": environment()})
+    writers = [SummaryWriter(str(f), purge_step=start + 1) for f in folders]
+    metrics = [s.metrics for s in states]
+
+    def finish_epoch(epoch: int, train_loss: Tensor | None, lr_used: float, t0: float) -> None:
+        test_loss, test_acc = evaluate_runs(model, test_loader, runs)
+        state = model.state_dict()
+        seconds = round(time.perf_counter() - t0, 3)
+        for i, folder in enumerate(folders):
+            loss_i = None if train_loss is None else float(train_loss[i])
+            row = {"epoch": epoch, "train_loss": loss_i, "test_loss": float(test_loss[i]),
+                   "test_acc": float(test_acc[i]), "lr": lr_used, "time_s": seconds}
+            metrics[i].append(row)
+            atomic_write_bytes(folder / "metrics.jsonl",
+                               "".join(json.dumps(m) + "\n" for m in metrics[i]).encode())
+            scalars = {"Loss/test": row["test_loss"], "Accuracy/test": row["test_acc"]}
+            if loss_i is not None:
+                scalars.update({"Loss/train": loss_i, "State/lr": lr_used})
+            for tag, value in scalars.items():
+                writers[i].add_scalar(tag, value, epoch)
+            writers[i].flush()
+            _save_state(folder / "checkpoint.pt", epoch, run_state(state, i), optimizer, scheduler)
+        accs = ", ".join(f"{100 * float(a):.2f}" for a in test_acc)
+        print(f"epoch {epoch}/{epochs}: test acc % [{accs}], lr {lr_used:g}, {seconds:.1f} s",
+              flush=True)
+
+    if start < 0:
+        finish_epoch(0, None, lr, time.perf_counter())
+    for epoch in range(max(start, 0) + 1, epochs + 1):
+        t0, lr_used = time.perf_counter(), optimizer.param_groups[0]["lr"]
+        for loader in loaders:
+            loader.set_epoch(epoch)
+        model.train()
+        total, n = torch.zeros(runs), 0
+        bar = tqdm(zip(*loaders, strict=True), total=len(loaders[0]), desc=f"epoch {epoch}/{epochs}",
+                   leave=False, disable=None, mininterval=1.0)
+        for batch in bar:
+            x = torch.cat([b[0] for b in batch])
+            y = torch.cat([b[1] for b in batch])
+            optimizer.zero_grad()
+            out = model(x)
+            loss = batched_loss(out, y, runs)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                total += F.nll_loss(out, y, reduction="none").view(runs, -1).mean(1).cpu()
+            n += 1
+        scheduler.step()
+        finish_epoch(epoch, total / max(n, 1), lr_used, t0)
+    for writer in writers:
+        writer.close()
+    if save_model:
+        for folder in folders:
+            atomic_write_bytes(folder / "model.pt", (folder / "checkpoint.pt").read_bytes())
+    for folder in folders:
+        print(f"done: {folder}")
+    return metrics
+
+
+def _save_state(path: Path, epoch: int, model_state: dict, optimizer, scheduler) -> None:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    buf = io.BytesIO()
+    torch.save({"epoch": epoch, "model_state_dict": model_state,
+                "optimizer_state_dict": optimizer.state_dict(),
+                "scheduler_state_dict": scheduler.state_dict(), "rng": rng}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def experiment_name(network: str, backend: str = "aihwkit", update_mode: str = "moment") -> str:
+    """The runs/ subfolder of an MNIST network: "MNIST-FCN" (AIHWKit), "MNIST-FCN-torch" (torch
+    backend, moment-matched updates), "MNIST-FCN-torch-pulse" (torch backend, exact pulses)."""
+    if backend == "aihwkit":
+        return f"MNIST-{network}"
+    return f"MNIST-{network}-torch" + ("-pulse" if update_mode == "pulse" else "")
+
+
+def train_mnist(args: argparse.Namespace, network: str) -> None:
+    """S4.1 / S4.2: validate the flags, load MNIST, train every (τ, seed) of the flags: one run
+    after the other with AIHWKit, as one batched model with the torch backend. Every check that
+    can fail runs before a run folder is touched."""
     from utils.cli import torch_device
     from utils.data import TensorLoader, load_mnist
-    from utils.devices import rpu_config
 
-    device = torch_device(args.CUDA)
+    torch_backend = args.backend == "torch"
+    device = torch_device(args.CUDA, require_aihwkit_cuda=not torch_backend)
     torch.set_num_threads(args.threads)
-    config = rpu_config(args.SETTING, args.tau)
+    taus = [None] if args.SETTING == "FP SGD" else list(dict.fromkeys(args.tau))
+    seeds = list(dict.fromkeys(args.seed))
+    grid = [(tau, seed) for tau in taus for seed in seeds]
+    if torch_backend:
+        from utils.analog_torch import nn as tnn
+        from utils.analog_torch.presets import resolve
+        from utils.analog_torch.tile import set_compile
+
+        set_compile(not args.no_compile)
+        configs = [resolve(args.SETTING, tau or 1.0) for tau, _ in grid]
+        builder = {"FCN": tnn.build_fcn, "CNN": tnn.build_cnn}[network]
+    else:
+        from utils import models
+        from utils.devices import rpu_config
+
+        configs = [rpu_config(args.SETTING, tau or 1.0) for tau, _ in grid]
+        builder = {"FCN": models.build_fcn, "CNN": models.build_cnn}[network]
     data = load_mnist(args.data_root, download=not args.no_download)
     train_set = data.train
     if args.train_subset is not None:
@@ -317,29 +486,46 @@ def train_mnist(args: argparse.Namespace, experiment: str,
             raise UserError(f"--train-subset {args.train_subset} exceeds the {len(train_set)} "
                             "training images")
         train_set = train_set.head(args.train_subset)
-    record = {"experiment": experiment, "model": build_model.__name__, "setting": args.SETTING,
-              "tau": None if args.SETTING == "FP SGD" else args.tau, "rpu_config": repr(config),
-              "data": data.describe(), "train_subset": args.train_subset}
-    print(f"{experiment} {run_name(args.SETTING, args.tau)} seed {args.seed}: "
-          f"{len(train_set)} training images from {data.folder}, batch {args.batch_size}, "
-          f"lr {args.lr}, {args.epochs} epochs, {device}")
-    return train(run_folder(args.out, experiment, args.SETTING, args.tau, args.seed),
-                 lambda: build_model(config),
-                 TensorLoader(train_set.to(device), args.batch_size, shuffle=True, seed=args.seed),
-                 TensorLoader(data.test.to(device), EVAL_BATCH, shuffle=False),
-                 lr=args.lr, epochs=args.epochs, seed=args.seed, device=device, record=record,
-                 save_model=args.save_checkpoint)
+    experiment = experiment_name(network, args.backend, args.update_mode)
+    records = []
+    for (tau, _), config in zip(grid, configs, strict=True):
+        record = {"experiment": experiment, "model": builder.__name__, "setting": args.SETTING,
+                  "tau": tau, "rpu_config": repr(config), "data": data.describe(),
+                  "train_subset": args.train_subset}
+        if torch_backend:
+            record.update(backend="torch", update_mode=args.update_mode)
+        records.append(record)
+    folders = [run_folder(args.out, experiment, args.SETTING, tau or 1.0, seed) for tau, seed in grid]
+    train_set, test = train_set.to(device), TensorLoader(data.test.to(device), EVAL_BATCH,
+                                                         shuffle=False)
+    names = ", ".join(f"{run_name(args.SETTING, tau or 1.0)} seed {seed}" for tau, seed in grid)
+    print(f"{experiment} {names}: {len(train_set)} training images from {data.folder}, batch "
+          f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, {device}"
+          + (f", {len(grid)} runs batched, {args.update_mode} updates" if torch_backend else ""))
+    loaders = [TensorLoader(train_set, args.batch_size, shuffle=True, seed=seed) for _, seed in grid]
+    if torch_backend:
+        train_runs(folders, lambda idx: builder([configs[i] for i in idx],
+                                                [grid[i][1] for i in idx], args.update_mode),
+                   loaders, test, lr=args.lr, epochs=args.epochs, seeds=[s for _, s in grid],
+                   device=device, records=records, save_model=args.save_checkpoint)
+        return
+    for folder, config, (_, seed), loader, record in zip(folders, configs, grid, loaders, records,
+                                                         strict=True):
+        train(folder, lambda config=config: builder(config), loader, test, lr=args.lr,
+              epochs=args.epochs, seed=seed, device=device, record=record,
+              save_model=args.save_checkpoint)
 
 
-def mnist_main(doc: str | None, experiment: str, build_model: Callable[[Any], nn.Module],
-               batch_size: int, argv: list[str] | None = None) -> None:
-    """The command line of S4.1 / S4.2: parse the flags and train; a UserError (bad flag, missing
-    data, corrupt checkpoint) ends the program with one line and exit status 2."""
+def mnist_main(doc: str | None, network: str, batch_size: int,
+               argv: list[str] | None = None) -> None:
+    """The command line of S4.1 / S4.2 (``network`` "FCN" | "CNN"): parse the flags and train; a
+    UserError (bad flag, missing data, corrupt checkpoint) ends the program with one line and exit
+    status 2."""
     from utils.cli import add_training_flags, fail, make_parser
 
     parser = make_parser(doc)
     add_training_flags(parser, batch_size=batch_size)
     try:
-        train_mnist(parser.parse_args(argv), experiment, build_model)
+        train_mnist(parser.parse_args(argv), network)
     except UserError as err:
         fail(str(err))

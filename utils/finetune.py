@@ -36,10 +36,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from utils.analog_torch.presets import SETTINGS, TT_FAST_LR
 from utils.cli import (
     DEFAULT_OUT,
     Parser,
     UserError,
+    add_backend_flags,
     fail,
     make_parser,
     nonneg_int,
@@ -47,7 +49,6 @@ from utils.cli import (
     positive_int,
     torch_device,
 )
-from utils.devices import SETTINGS, TT_FAST_LR, rpu_config
 
 EXPERIMENT = "CIFAR10-finetune"
 MODELS = ("Resnet18", "Resnet34", "Resnet50")
@@ -68,14 +69,13 @@ MAY_CHANGE = ("workers", "channels_last", "head_device", "weights_file")
 # --- learning-rate groups -------------------------------------------------------------------------
 
 def parameter_role(name: str, param: nn.Parameter) -> str:
-    """"backbone", "head tile", "head bias" or "output scale" for a parameter of AnalogHeadNet."""
-    from aihwkit.optim.context import AnalogContext
-
+    """"backbone", "head tile", "head bias" or "output scale" for a parameter of AnalogHeadNet
+    (either backend: a tile's parameter carries the tile as ``analog_tile``)."""
     if name.startswith("backbone."):
         return "backbone"
-    if isinstance(param, AnalogContext):
+    if getattr(param, "analog_tile", None) is not None:
         return "head tile"
-    if name.endswith("out_scaling_alpha"):
+    if name.endswith("out_scaling_alpha") or ".out_scaling." in name:
         return "output scale"
     if name.endswith("bias"):
         return "head bias"
@@ -95,6 +95,9 @@ def lr_groups(model: nn.Module, lr: float, mode: str = "authors") -> list[dict[s
     if mode not in LR_MODES:
         raise ValueError(f"unknown lr-group mode {mode!r}; choose one of {', '.join(LR_MODES)}")
     named = list(model.named_parameters())
+    if hasattr(model.head, "aihwkit_parameter_order"):  # torch backend: AIHWKit's order
+        named = [(n, p) for n, p in named if not n.startswith("head.")]
+        named += model.head.aihwkit_parameter_order("head")
     last = named[-1][0]
     grouped: dict[tuple[str, float], list[tuple[str, nn.Parameter]]] = {}
     for name, param in named:
@@ -134,9 +137,14 @@ def _values(param: nn.Parameter) -> int:
     return tile.in_size * tile.out_size if tile is not None else param.numel()
 
 
-def analog_sgd(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
-    """AnalogSGD (no momentum, no weight decay, as in the authors' code) over the named groups."""
-    from aihwkit.optim import AnalogSGD
+def analog_sgd(groups: list[dict[str, Any]], lr: float, backend: str = "aihwkit"
+               ) -> torch.optim.Optimizer:
+    """AnalogSGD (no momentum, no weight decay, as in the authors' code) over the named groups,
+    AIHWKit's or the torch backend's."""
+    if backend == "torch":
+        from utils.analog_torch.nn import AnalogSGD
+    else:
+        from aihwkit.optim import AnalogSGD
 
     return AnalogSGD([{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in groups],
                      lr=lr)
@@ -160,6 +168,7 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-CUDA", "--CUDA", type=int, default=-1,
                    help="GPU index, or -1 for the CPU (default: %(default)s). With the CPU-only "
                         "AIHWKit of PyPI the backbone runs on the GPU and the analog head on the CPU")
+    add_backend_flags(p, f"OUT/runs/{EXPERIMENT}-torch[-pulse]/")
     p.add_argument("-save", "--save-checkpoint", action="store_true",
                    help="keep the final checkpoint as model.pt in the run folder")
     p.add_argument("--seed", type=nonneg_int, default=0,
@@ -214,12 +223,12 @@ def model_folder(model: str, weights_label: str) -> str:
 
 
 def run_folder(out: Path, model: str, weights_label: str, full_fine_tune: bool, setting: str,
-               tau: float, seed: int) -> Path:
-    """``<out>/runs/CIFAR10-finetune/<model>[/FFT]/<alg>/seed<k>`` (the authors' log folder, plus
-    the seed)."""
+               tau: float, seed: int, backend: str = "") -> Path:
+    """``<out>/runs/CIFAR10-finetune[-torch[-pulse]]/<model>[/FFT]/<alg>/seed<k>`` (the authors'
+    log folder, plus the seed; ``backend`` the torch backend's suffix)."""
     from utils.engine import run_name
 
-    folder = Path(out) / "runs" / EXPERIMENT / model_folder(model, weights_label)
+    folder = Path(out) / "runs" / (EXPERIMENT + backend) / model_folder(model, weights_label)
     if full_fine_tune:
         folder = folder / "FFT"
     return folder / run_name(setting, tau) / f"seed{seed}"
@@ -228,20 +237,35 @@ def run_folder(out: Path, model: str, weights_label: str, full_fine_tune: bool, 
 def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validate the flags, load the weights and CIFAR-10, train. Every check that can fail runs
     before the run folder is touched."""
-    from aihwkit.simulator.rpu_base import cuda as aihwkit_cuda
-
     from utils.data import CifarImages, ImageLoader, load_cifar10
     from utils.engine import run_name, train
     from utils.models import build_resnet, load_backbone_weights
 
+    torch_backend = args.backend == "torch"
     device = torch_device(args.CUDA, require_aihwkit_cuda=False)
     gpu = device.type == "cuda"
-    # The PyPI AIHWKit has CPU tiles only: then the head stays on the CPU next to a GPU backbone.
-    head_device = device if not gpu or aihwkit_cuda.is_compiled() else torch.device("cpu")
+    if torch_backend or not gpu:
+        head_device = device
+    else:  # the PyPI AIHWKit has CPU tiles only: the head stays on the CPU next to a GPU backbone
+        from aihwkit.simulator.rpu_base import cuda as aihwkit_cuda
+
+        head_device = device if aihwkit_cuda.is_compiled() else torch.device("cpu")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     setting, tau = args.optimizer, args.tau
-    config = rpu_config(setting, tau, dw_min=tau / DW_MIN_STATES)
+    if torch_backend:
+        from utils.analog_torch.presets import resolve
+        from utils.analog_torch.tile import set_compile
+
+        set_compile(not args.no_compile)
+        config = resolve(setting, tau, dw_min=tau / DW_MIN_STATES)
+        update_mode, suffix = args.update_mode, "-torch" + ("-pulse" if args.update_mode == "pulse"
+                                                             else "")
+    else:
+        from utils.devices import rpu_config
+
+        config = rpu_config(setting, tau, dw_min=tau / DW_MIN_STATES)
+        update_mode, suffix = None, ""
     download = not args.no_download
     weights = load_backbone_weights(args.model, args.weights, download=download)
     data = load_cifar10(args.data_root, download=download)
@@ -253,14 +277,15 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     def build() -> nn.Module:
         model = build_resnet(args.model, config, state_dict=weights.state_dict,
-                             freeze_backbone=freeze)
+                             freeze_backbone=freeze, update_mode=update_mode)
         model.autocast_dtype, model.channels_last = autocast, channels_last
         return model
 
-    groups = describe_groups(lr_groups(build_resnet(args.model, config, freeze_backbone=freeze),
+    groups = describe_groups(lr_groups(build_resnet(args.model, config, freeze_backbone=freeze,
+                                                    update_mode=update_mode),
                                        lr, args.lr_groups))
     record = {
-        "experiment": EXPERIMENT, "model": args.model, "full_fine_tune": args.full_fine_tune,
+        "experiment": EXPERIMENT + suffix, "model": args.model, "full_fine_tune": args.full_fine_tune,
         "setting": setting, "tau": None if setting == "FP SGD" else tau,
         "dw_min": None if setting == "FP SGD" else tau / DW_MIN_STATES,
         "tt_fast_lr": TT_FAST_LR if setting == "TT-v1" else None,
@@ -269,11 +294,13 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
         "autocast": None if autocast is None else str(autocast).removeprefix("torch."),
         "channels_last": channels_last, "head_device": str(head_device), "workers": args.workers,
     }
+    if torch_backend:
+        record.update(backend="torch", update_mode=update_mode)
     folder = run_folder(args.out, args.model, weights.label, args.full_fine_tune, setting, tau,
-                        args.seed)
+                        args.seed, suffix)
     mode = "full fine-tuning" if args.full_fine_tune else "frozen backbone"
     amp = f" ({record['autocast']} autocast)" if autocast is not None else ""
-    print(f"{EXPERIMENT} {args.model} ({mode}, weights {weights.label}) "
+    print(f"{EXPERIMENT + suffix} {args.model} ({mode}, weights {weights.label}) "
           f"{run_name(setting, tau)} seed {args.seed}: {len(data.train_labels)} training images "
           f"from {data.folder}, {args.image_size} px, batch {args.batch_size}, {args.epochs} "
           f"epochs; backbone on {device}{amp}, head on {head_device}")
@@ -294,7 +321,8 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
         ImageLoader(test_images, TEST_BATCH, shuffle=False, workers=args.workers, device=device),
         lr=lr, epochs=args.epochs, seed=args.seed, device=device, record=record,
         save_model=args.save_checkpoint, loss_fn=F.cross_entropy,
-        make_optimizer=lambda model: analog_sgd(lr_groups(model, lr, args.lr_groups), lr),
+        make_optimizer=lambda model: analog_sgd(lr_groups(model, lr, args.lr_groups), lr,
+                                                args.backend),
         lr_step=LR_STEP, lr_gamma=LR_GAMMA,
         to_device=lambda model, dev: model.place(dev, head_device), may_change=MAY_CHANGE)
 

@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 
 from utils import cli, results
-from utils.engine import run_name
+from utils.engine import experiment_name, run_name
 from utils.plotting import ema, plt, save_figure
 
 NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
@@ -76,9 +76,11 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_curve(root: Path, network: str, setting: str, tau: float | None) -> Curve | None:
-    """Aggregate every seed folder of one run; None if no seed has a metrics file."""
-    folder = Path(root) / "runs" / f"MNIST-{network}" / run_name(setting, tau)
+def load_curve(root: Path, network: str, setting: str, tau: float | None,
+               backend: str = "") -> Curve | None:
+    """Aggregate every seed folder of one run; None if no seed has a metrics file. ``backend``
+    is the experiment suffix of the torch backend's runs ("-torch", "-torch-pulse"; "": AIHWKit)."""
+    folder = Path(root) / "runs" / f"MNIST-{network}{backend}" / run_name(setting, tau)
     per_seed = {p.parent.name: read_metrics(p) for p in sorted(folder.glob("seed*/metrics.jsonl"))}
     per_seed = {k: v for k, v in per_seed.items() if v}
     if not per_seed:
@@ -86,7 +88,7 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None) -> Cur
     longest = max(len(v) for v in per_seed.values())
     for seed, rows in list(per_seed.items()):
         if len(rows) < longest:  # unfinished (or shorter) seeds would cut the others' curves short
-            print(f"MNIST-{network}/{run_name(setting, tau)}/{seed}: left out, {rows[-1]['epoch']} "
+            print(f"MNIST-{network}{backend}/{run_name(setting, tau)}/{seed}: left out, {rows[-1]['epoch']} "
                   f"of the {longest - 1} epochs of the other seeds")
             del per_seed[seed]
     common = longest
@@ -98,21 +100,21 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None) -> Cur
                  target_epochs=target)
 
 
-def load_panel(root: Path, network: str, taus: tuple[float, ...] | None = None
+def load_panel(root: Path, network: str, taus: tuple[float, ...] | None = None, backend: str = ""
                ) -> tuple[dict[tuple[str, float | None], Curve], list[str]]:
     """The curves of one panel and the names of its missing runs."""
     curves, missing = {}, []
     for setting, tau in grid(network, taus):
-        curve = load_curve(root, network, setting, tau)
+        curve = load_curve(root, network, setting, tau, backend)
         if curve is None:
-            missing.append(f"MNIST-{network}/{run_name(setting, tau)}")
+            missing.append(f"MNIST-{network}{backend}/{run_name(setting, tau)}")
         else:
             curves[(setting, tau)] = curve
     return curves, missing
 
 
 def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
-               smoothing: float = 0.8) -> list[Path]:
+               smoothing: float = 0.8, backend: str = "") -> list[Path]:
     """Figure 5's panel: test accuracy against epoch, EMA-smoothed, with a zoom on the last epochs.
     Runs shorter than SHORT epochs (reduced budgets) are drawn unsmoothed and without the zoom: an
     EMA over a handful of points mostly shows its own start-up."""
@@ -150,16 +152,17 @@ def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
     handles.append(plt.Line2D([], [], color="C3", ls="-.", marker="s", ms=4, label="Digital SGD"))
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1, 0))
     budget = f", reduced budget: {last} epochs, unsmoothed" if short else ""
-    ax.set(xlabel="Epoch", ylabel="Test accuracy (%)", title=f"MNIST {network}{budget}")
+    engine = f", {backend.strip('-').replace('-', ' ')} backend" if backend else ""
+    ax.set(xlabel="Epoch", ylabel="Test accuracy (%)", title=f"MNIST {network}{engine}{budget}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return save_figure(fig, out, f"fig5_mnist_{network.lower()}")
+    return save_figure(fig, out, f"fig5_mnist_{network.lower()}{backend.replace('-', '_')}")
 
 
-def table_rows(root: Path) -> tuple[list[dict], list[str]]:
+def table_rows(root: Path, backend: str = "") -> tuple[list[dict], list[str]]:
     """One row per (network, setting, τ) of both panels, ours beside the paper's."""
     rows, missing = [], []
     for network in NETWORKS:
-        curves, gone = load_panel(root, network)
+        curves, gone = load_panel(root, network, backend=backend)
         missing += gone
         for setting, tau in grid(network):
             curve = curves.get((setting, tau))
@@ -177,11 +180,13 @@ def table_rows(root: Path) -> tuple[list[dict], list[str]]:
     return rows, missing
 
 
-def write_table(root: Path, out: Path) -> list[str]:
-    """results/tables/mnist.{md,csv}; returns the missing runs (also listed in the table)."""
-    rows, missing = table_rows(root)
+def write_table(root: Path, out: Path, backend: str = "") -> list[str]:
+    """results/tables/mnist{backend}.{md,csv} (mnist.md, mnist_torch.md, …); returns the missing
+    runs (also listed in the table)."""
+    rows, missing = table_rows(root, backend)
+    engine = f", {backend.strip('-').replace('-', ' ')} backend" if backend else ""
     header = [
-        "# Figure 5: MNIST test accuracy (%)",
+        f"# Figure 5: MNIST test accuracy (%){engine}",
         "",
         f"Ours: mean over the last {LAST} epochs of the per-epoch mean over seeds; ± is the mean over "
         "those epochs of the per-epoch population std over seeds (0 for one seed), as the authors' plot "
@@ -191,7 +196,8 @@ def write_table(root: Path, out: Path) -> list[str]:
         "",
     ]
     columns = ["network", "algorithm", "tau", "ours", "seeds", "epochs", "paper"]
-    results.write_table(out, "mnist", header, rows, missing, columns, labels={"tau": "τ"})
+    results.write_table(out, f"mnist{backend.replace('-', '_')}", header, rows, missing, columns,
+                        labels={"tau": "τ"})
     return missing
 
 
@@ -206,14 +212,21 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
                    help="τ of the analog runs to draw (default: %(default)s)")
     p.add_argument("--smoothing", type=float, default=0.8,
                    help="EMA coefficient of the drawn curves, 0 = none (default: %(default)s)")
+    p.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
+                   help="whose runs to draw: AIHWKit's (MNIST-<NET>, default) or the torch "
+                        "backend's (MNIST-<NET>-torch[-pulse]); the figure and table names get "
+                        "the suffix _torch[_pulse]")
+    p.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
+                   help="with --backend torch: the update mode of the runs (default: %(default)s)")
     args = p.parse_args(argv)
     taus = tuple(args.tau)
-    curves, missing = load_panel(args.runs, network, taus)
+    backend = experiment_name(network, args.backend, args.update_mode)[len(f"MNIST-{network}"):]
+    curves, missing = load_panel(args.runs, network, taus, backend)
     if not curves:
-        cli.fail(f"no MNIST-{network} runs under {args.runs / 'runs'}; train them first "
+        cli.fail(f"no MNIST-{network}{backend} runs under {args.runs / 'runs'}; train them first "
                  f"(README, Figure 5) or point --runs at their folder")
     for name in missing:
         print(f"missing run: {name} (not drawn)")
-    plot_panel(network, curves, taus, args.out, args.smoothing)
-    write_table(args.runs, args.out)
-    print((Path(args.out) / "tables" / "mnist.md").read_text())
+    plot_panel(network, curves, taus, args.out, args.smoothing, backend)
+    write_table(args.runs, args.out, backend)
+    print((Path(args.out) / "tables" / f"mnist{backend.replace('-', '_')}.md").read_text())

@@ -16,17 +16,16 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from aihwkit.nn import AnalogConv2d, AnalogLinear, AnalogSequential
-from aihwkit.nn.conversion import convert_to_analog
 from torch import nn
 
 from utils.cli import UserError
 
 
-def build_fcn(rpu_config) -> AnalogSequential:
+def build_fcn(rpu_config) -> nn.Module:
     """FCN 784-256-128-10 with sigmoids, built digitally (torch's default init) and converted, as
     the authors do. Layer 1 has 784 > 512 inputs, so AIHWKit splits it into two 392-input tiles
     whose outputs are summed digitally (as in the authors' code)."""
+    from aihwkit.nn.conversion import convert_to_analog
     digital = nn.Sequential(
         nn.Flatten(),
         nn.Linear(784, 256), nn.Sigmoid(),
@@ -36,10 +35,11 @@ def build_fcn(rpu_config) -> AnalogSequential:
     return convert_to_analog(digital, rpu_config)
 
 
-def build_cnn(rpu_config) -> AnalogSequential:
+def build_cnn(rpu_config) -> nn.Module:
     """LeNet-style CNN built directly from analog modules; spatial size 28 -> 24 -> 12 -> 8 -> 4.
     Tiles (out x in): 16x25, 32x400, 128x512, 10x128; none is split. The Tanh after the second
     pooling repeats the authors' model (a second Tanh in a row)."""
+    from aihwkit.nn import AnalogConv2d, AnalogLinear, AnalogSequential
     return AnalogSequential(
         AnalogConv2d(1, 16, kernel_size=5, stride=1, rpu_config=rpu_config), nn.Tanh(),
         nn.MaxPool2d(2),
@@ -60,7 +60,8 @@ CIFAR_CLASSES = 10
 
 class AnalogHeadNet(nn.Module):
     """A digital feature extractor followed by an analog classifier: the authors' ResNet with its
-    ``fc`` replaced by an ``AnalogLinear`` head, the only analog layer.
+    ``fc`` replaced by an ``AnalogLinear`` head (AIHWKit's, or the torch backend's), the only
+    analog layer.
 
     The backbone may run under autocast (``autocast_dtype``) and in channels_last memory format;
     the head always receives float32 features. ``place(device, head_device)`` puts the backbone
@@ -69,7 +70,7 @@ class AnalogHeadNet(nn.Module):
     the gradient across both copies.
     """
 
-    def __init__(self, backbone: nn.Module, head: AnalogLinear,
+    def __init__(self, backbone: nn.Module, head: nn.Module,
                  autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
@@ -104,14 +105,17 @@ class AnalogHeadNet(nn.Module):
 
 
 def build_resnet(model: str, rpu_config, *, state_dict: dict | None = None,
-                 freeze_backbone: bool = False, classes: int = CIFAR_CLASSES) -> AnalogHeadNet:
+                 freeze_backbone: bool = False, classes: int = CIFAR_CLASSES,
+                 update_mode: str | None = None) -> AnalogHeadNet:
     """torchvision's ResNet ``model`` ("Resnet18" | "Resnet34" | "Resnet50") with ``state_dict``
     loaded into its backbone (None: torch's random init) and ``fc`` replaced by
     ``AnalogLinear(num_ftrs, classes, rpu_config)`` with a digital bias (as in the authors' code).
     ResNet-50's 2048 features exceed AIHWKit's 512-input tile limit, so its head is four tiles of
     512 inputs whose outputs are summed digitally. ``freeze_backbone`` (the authors' default,
     without -FFT) stops the backbone's parameters from training; its BatchNorm statistics still
-    follow the data in train mode, as in the authors' code."""
+    follow the data in train mode, as in the authors' code. ``update_mode`` ("moment" |
+    "pulse") builds the head with the torch backend (utils.analog_torch, ``rpu_config`` one of
+    its configs) instead of AIHWKit."""
     import torchvision
 
     backbone = getattr(torchvision.models, RESNETS[model])(weights=None)
@@ -120,7 +124,16 @@ def build_resnet(model: str, rpu_config, *, state_dict: dict | None = None,
     if state_dict is not None:
         backbone.load_state_dict(_without_fc(state_dict))
     backbone.requires_grad_(not freeze_backbone)
-    head = AnalogLinear(num_ftrs, classes, bias=True, rpu_config=rpu_config)
+    if update_mode is None:
+        from aihwkit.nn import AnalogLinear
+
+        head = AnalogLinear(num_ftrs, classes, bias=True, rpu_config=rpu_config)
+    else:
+        from utils.analog_torch.nn import AnalogLinear as TorchAnalogLinear
+
+        digital = nn.Linear(num_ftrs, classes)  # the same init as AIHWKit's AnalogLinear
+        head = TorchAnalogLinear(num_ftrs, classes, [rpu_config], update_mode=update_mode)
+        head.set_weights(digital.weight.detach()[None], digital.bias.detach()[None])
     return AnalogHeadNet(backbone, head)
 
 

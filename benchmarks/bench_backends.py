@@ -1,0 +1,149 @@
+"""Time per training step and per MNIST epoch: AIHWKit (CPU) against the torch backend (each update
+mode, one run and R runs batched), on the same mini-batches, in one process.
+
+    python benchmarks/bench_backends.py [--model fcn|cnn] [--setting "Analog SGD"] [--steps 200]
+                                        [--runs 9] [--threads 1] [--device cpu|cuda]
+                                        [--no-aihwkit] [--out results/tables]
+
+Each variant trains the same network ``steps`` mini-batches (after ``warmup`` steps, which also
+absorb torch.compile's one-off compilation), ``repeats`` times alternately; the minimum per step
+is kept. "per run" divides a batched step by R. The epoch column extrapolates 60,000 training
+images at the authors' batch size (FCN 10, CNN 8). Writes a Markdown table (``--out``) with the
+ratios to AIHWKit, the machine and the settings. Uses random images (the cost of a step does not
+depend on the pixel values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+from utils.analog_torch import nn as tnn  # noqa: E402
+from utils.analog_torch.presets import SETTINGS, resolve  # noqa: E402
+from utils.analog_torch.tile import set_compile  # noqa: E402
+
+BATCH = {"fcn": 10, "cnn": 8}
+TRAIN_IMAGES = 60_000
+TAU = 0.7
+
+
+def batches(model: str, runs: int, steps: int, device: torch.device):
+    g = torch.Generator().manual_seed(0)
+    n = BATCH[model] * runs
+    return [(torch.rand(n, 1, 28, 28, generator=g).to(device),
+             torch.randint(0, 10, (n,), generator=g).to(device)) for _ in range(steps)]
+
+
+def aihwkit_variant(model: str, setting: str):
+    from aihwkit.optim import AnalogSGD
+
+    from utils import models
+    from utils.devices import rpu_config
+
+    torch.manual_seed(0)
+    net = {"fcn": models.build_fcn, "cnn": models.build_cnn}[model](rpu_config(setting, TAU))
+    opt = AnalogSGD(net.parameters(), lr=0.05)
+
+    def step(x, y):
+        opt.zero_grad()
+        F.nll_loss(net(x), y).backward()
+        opt.step()
+    return step
+
+
+def torch_variant(model: str, setting: str, mode: str, runs: int, device: torch.device):
+    builder = {"fcn": tnn.build_fcn, "cnn": tnn.build_cnn}[model]
+    net = builder([resolve(setting, TAU)] * runs, list(range(runs)), mode).to(device)
+    opt = tnn.AnalogSGD(net.parameters(), lr=0.05)
+
+    def step(x, y):
+        opt.zero_grad()
+        tnn.batched_loss(net(x), y, runs).backward()
+        opt.step()
+    return step
+
+
+def timed(step, data, warmup: int, device: torch.device) -> float:
+    for x, y in data[:warmup]:
+        step(x, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for x, y in data[warmup:]:
+        step(x, y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (len(data) - warmup)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=BATCH, default="fcn")
+    p.add_argument("--setting", choices=SETTINGS, default="Analog SGD")
+    p.add_argument("--steps", type=int, default=200, help="timed steps per variant (default: 200)")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--runs", type=int, default=9, help="R of the batched variant (default: 9)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="device of the torch backend (default: cpu)")
+    p.add_argument("--no-aihwkit", action="store_true", help="skip AIHWKit (e.g. on a GPU machine "
+                   "without it); ratios are then to the torch backend's one-run moment mode")
+    p.add_argument("--no-compile", action="store_true", help="do not fuse the update (torch.compile)")
+    p.add_argument("--out", type=Path, default=None, help="write the table to OUT/<name>.md")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    set_compile(not args.no_compile)
+    device = torch.device(args.device)
+    steps = args.warmup + args.steps
+    one = batches(args.model, 1, steps, torch.device("cpu"))
+    variants = {}
+    if not args.no_aihwkit:
+        variants["AIHWKit (CPU)"] = (aihwkit_variant(args.model, args.setting), one, 1)
+    one_dev = [(x.to(device), y.to(device)) for x, y in one]
+    for mode in ("moment", "pulse"):
+        variants[f"torch {mode}, 1 run"] = (
+            torch_variant(args.model, args.setting, mode, 1, device), one_dev, 1)
+    variants[f"torch moment, {args.runs} runs batched"] = (
+        torch_variant(args.model, args.setting, "moment", args.runs, device),
+        batches(args.model, args.runs, steps, device), args.runs)
+    best = {name: float("inf") for name in variants}
+    for r in range(args.repeats):
+        for name, (step, data, _) in variants.items():
+            best[name] = min(best[name], timed(step, data, args.warmup if r == 0 else 5, device))
+            print(f"repeat {r + 1}: {name}: {1e3 * best[name]:.3f} ms/step", flush=True)
+    reference = next(iter(variants))
+    per_run = {name: best[name] / variants[name][2] for name in variants}
+    steps_per_epoch = TRAIN_IMAGES // BATCH[args.model]
+    title = (f"{args.model.upper()}, {args.setting}, τ = {TAU}, batch {BATCH[args.model]}, "
+             f"{args.threads} thread(s), torch backend on {device}"
+             f"{'' if args.no_compile else ' (update fused by torch.compile)'}")
+    lines = [f"# Backend speed: {title}", "",
+             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+             f"thread(s), torch {torch.__version__}"
+             + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "") + ". "
+             f"Minimum over {args.repeats} repeats of {args.steps} steps. One epoch = "
+             f"{steps_per_epoch} steps (extrapolated).", "",
+             "| variant | ms per step | ms per step per run | s per epoch per run | "
+             f"speed-up per run vs {reference} |",
+             "|---|---|---|---|---|"]
+    for name in variants:
+        lines.append(f"| {name} | {1e3 * best[name]:.3f} | {1e3 * per_run[name]:.3f} | "
+                     f"{per_run[name] * steps_per_epoch:.1f} | {per_run[reference] / per_run[name]:.2f}× |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out is not None:
+        name = f"bench_backends_{args.model}_{device.type}.md"
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / name).write_text(text)
+        print(f"wrote {args.out / name}")
+
+
+if __name__ == "__main__":
+    main()

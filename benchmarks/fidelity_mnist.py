@@ -1,0 +1,88 @@
+"""Short MNIST FCN runs with both backends, side by side: does the torch backend land inside the
+seed-to-seed spread of AIHWKit?
+
+    python benchmarks/fidelity_mnist.py [--subset 10000] [--epochs 1] [--seeds 0 1 2]
+                                        [--tau 0.7] [--out results] [--work /tmp/fidelity]
+
+For every --SETTING it trains S4.1-mnist-FCN.py on the first ``subset`` training images for
+``epochs`` epochs, with AIHWKit (one run per seed) and with the torch backend in each update mode
+(all seeds batched), then writes OUT/tables/backend_fidelity.{md,csv}: test accuracy per seed,
+mean ± std, and whether each torch mean lies inside AIHWKit's [min − margin, max + margin] over
+seeds (margin: one percentage point, for seeds that agree closely). Run folders go to --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from utils import results  # noqa: E402
+from utils.analog_torch.presets import SETTINGS  # noqa: E402
+from utils.engine import experiment_name, run_folder  # noqa: E402
+
+MARGIN = 1.0  # percentage points around AIHWKit's range over seeds
+BACKENDS = (("aihwkit", "moment"), ("torch", "moment"), ("torch", "pulse"))
+
+
+def train(setting: str, backend: str, mode: str, args) -> None:
+    cmd = [sys.executable, str(ROOT / "S4.1-mnist-FCN.py"), "--SETTING", setting, "--tau",
+           str(args.tau), "--seed", *map(str, args.seeds), "--epochs", str(args.epochs),
+           "--train-subset", str(args.subset), "--backend", backend, "--update-mode", mode,
+           "--out", str(args.work), "--data-root", str(args.data_root), "--threads", "1"]
+    subprocess.run(cmd, check=True)
+
+
+def accuracy(setting: str, backend: str, mode: str, seed: int, args) -> float:
+    folder = run_folder(args.work, experiment_name("FCN", backend, mode), setting, args.tau, seed)
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return 100 * rows[-1]["test_acc"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subset", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tau", type=float, default=0.7)
+    p.add_argument("--data-root", type=Path, default=ROOT / "data")
+    p.add_argument("--work", type=Path, default=Path("/tmp/fidelity"))
+    p.add_argument("--out", type=Path, default=ROOT / "results")
+    args = p.parse_args()
+    rows = []
+    for setting in SETTINGS:
+        accs = {}
+        for backend, mode in BACKENDS:
+            if setting == "FP SGD" and mode == "pulse":
+                continue  # floating point has no pulses
+            train(setting, backend, mode, args)
+            accs[(backend, mode)] = [accuracy(setting, backend, mode, s, args) for s in args.seeds]
+        ref = accs[("aihwkit", "moment")]
+        low, high = min(ref) - MARGIN, max(ref) + MARGIN
+        for (backend, mode), values in accs.items():
+            mean = statistics.fmean(values)
+            std = statistics.pstdev(values) if len(values) > 1 else 0.0
+            label = "AIHWKit" if backend == "aihwkit" else f"torch ({mode})"
+            rows.append({"setting": setting, "backend": label,
+                         "per seed": ", ".join(f"{v:.2f}" for v in values),
+                         "mean ± std": f"{mean:.2f} ± {std:.2f}",
+                         "inside AIHWKit range": "—" if backend == "aihwkit" else
+                         ("yes" if low <= mean <= high else "no")})
+    header = ["# Torch backend vs AIHWKit: short MNIST FCN runs", "",
+              f"Test accuracy (%) after {args.epochs} epoch(s) on the first {args.subset} training "
+              f"images, τ = {args.tau} (analog settings), seeds {', '.join(map(str, args.seeds))}, "
+              f"batch 10, lr 0.05, everything else as in Figure 5. 'inside': the torch mean lies in "
+              f"[min − {MARGIN:g}, max + {MARGIN:g}] of AIHWKit's seeds. Written by "
+              "benchmarks/fidelity_mnist.py.", ""]
+    columns = ["setting", "backend", "per seed", "mean ± std", "inside AIHWKit range"]
+    results.write_table(args.out, "backend_fidelity", header, rows, [], columns)
+    print((args.out / "tables" / "backend_fidelity.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

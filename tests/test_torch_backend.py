@@ -1,0 +1,380 @@
+"""The torch backend (utils/analog_torch) against AIHWKit, the reference.
+
+Fidelity: one update of a tile with AIHWKit's device parameters copied in, repeated many times
+from the same weights, gives per-element mean and variance within 5 % of AIHWKit's (Analog SGD,
+both update modes; one Tiki-Taka transfer); the forward and backward passes give the same output
+mean and variance; short training runs land inside AIHWKit's seed-to-seed spread. Then the
+mechanics: configs equal to utils.devices', batching, state slicing, the scripts' --backend torch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils import devices
+from utils.analog_torch import nn as tnn
+from utils.analog_torch import presets
+from utils.analog_torch.config import from_aihwkit
+from utils.analog_torch.tile import AnalogTile, SoftBoundsArray, set_compile
+from utils.data import write_synthetic_mnist
+
+REPO = Path(__file__).resolve().parent.parent
+FCN = REPO / "S4.1-mnist-FCN.py"
+TOLERANCE = 0.05  # relative, on the norm over elements
+
+
+def rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours - ref).norm() / ref.norm())
+
+
+def aihwkit_layer(config, in_size: int, out_size: int):
+    from aihwkit.nn import AnalogLinear
+
+    layer = AnalogLinear(in_size, out_size, bias=False, rpu_config=config)
+    return layer, next(layer.analog_tiles())
+
+
+def copy_devices(hidden: dict, array: SoftBoundsArray, suffix: str = "") -> None:
+    """AIHWKit's per-device step sizes and bounds into a torch-backend array (all R runs)."""
+    for ours, theirs in (("scale_up", "dwmin_up"), ("scale_down", "dwmin_down"),
+                         ("max_bound", "max_bound"), ("min_bound", "min_bound")):
+        getattr(array, ours).copy_(hidden[theirs + suffix].expand_as(getattr(array, ours)))
+
+
+def analog_sgd_config(tau: float = 0.7):
+    config = devices.rpu_config("Analog SGD", tau)
+    config.mapping.learn_out_scaling = False
+    return config
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("setting", presets.SETTINGS)
+@pytest.mark.parametrize("tau", [0.7, 0.78])
+def test_presets_equal_converted_aihwkit_configs(setting, tau):
+    assert from_aihwkit(devices.rpu_config(setting, tau)) == presets.rpu_config(setting, tau)
+
+
+@pytest.mark.parametrize("managed", [False, True])
+def test_least_squares_presets_equal_converted_aihwkit_configs(managed):
+    theirs = devices.least_squares_config(1.0, 1e-3, 0.05, 5000, managed_io=managed)
+    assert from_aihwkit(theirs) == presets.least_squares_config(1.0, 1e-3, 0.05, 5000,
+                                                                managed_io=managed)
+
+
+@pytest.mark.parametrize("field, value", [("ir_drop", 0.1), ("out_nonlinearity", 0.2)])
+def test_unsimulated_aihwkit_settings_are_refused(field, value):
+    config = devices.rpu_config("Analog SGD", 0.7)
+    setattr(config.forward, field, value)
+    with pytest.raises(ValueError, match=field):
+        from_aihwkit(config)
+
+
+def test_device_spread_matches_aihwkits_statistics():
+    """Step sizes and bounds drawn with AIHWKit's spreads (30 % d2d, 1 % up/down)."""
+    _, tile = aihwkit_layer(analog_sgd_config(0.7), 200, 100)
+    theirs = tile.get_hidden_parameters()
+    ours = SoftBoundsArray([presets.mnist_device(0.7)], 100, 200)
+    for name, key in (("scale_up", "dwmin_up"), ("max_bound", "max_bound"),
+                      ("min_bound", "min_bound")):
+        a, b = getattr(ours, name)[0], theirs[key]
+        assert abs(float(a.mean() / b.mean()) - 1) < 0.02, name
+        assert abs(float(a.std() / b.std()) - 1) < 0.05, name
+
+
+# --- one update, many times ---------------------------------------------------------------------
+
+def repeated_update(mode: str, trials: int, x: torch.Tensor, d: torch.Tensor, lr: float):
+    """ΔW of ``trials`` independent updates from the same weights: AIHWKit's and ours."""
+    torch.manual_seed(1)
+    out_size, in_size = d.shape[1], x.shape[1]
+    config = analog_sgd_config()
+    _, tile = aihwkit_layer(config, in_size, out_size)
+    hidden = tile.get_hidden_parameters()
+    w0 = ((torch.rand(out_size, in_size) * 2 - 1) * 0.5).clamp(hidden["min_bound"],
+                                                                hidden["max_bound"])
+    tile.set_learning_rate(lr)
+    theirs = []
+    for _ in range(trials):
+        tile.set_weights(w0)
+        tile.tile.update(x, d, False)
+        theirs.append(tile.tile.get_weights() - w0)
+    ours_tile = AnalogTile(out_size, in_size, [from_aihwkit(config)] * trials, update_mode=mode)
+    copy_devices(hidden, ours_tile.array)
+    ours_tile.set_weights(w0.expand(trials, -1, -1))
+    ours_tile.stash(x.expand(trials, -1, -1), d.expand(trials, -1, -1))
+    ours_tile.apply_update(lr)
+    return torch.stack(theirs), ours_tile.weight - w0
+
+
+@pytest.mark.parametrize("mode", ["moment", "pulse"])
+def test_update_mean_and_variance_match_aihwkit(mode):
+    """MNIST-like: 4 samples of non-negative inputs (some zero), errors up to ~0.5, lr 0.05:
+    some samples hit the 31-pulse cap."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 9, generator=g) * (torch.rand(4, 9, generator=g) > 0.3)
+    d = torch.randn(4, 6, generator=g) * 0.2
+    theirs, ours = repeated_update(mode, 6000, x, d, lr=0.05)
+    assert rel(ours.mean(0), theirs.mean(0)) < TOLERANCE
+    assert rel(ours.var(0), theirs.var(0)) < TOLERANCE
+
+
+def test_update_of_a_saturated_sample_matches_aihwkit():
+    """One sample far beyond the pulse cap (k ≈ 150): the update is truncated at 31 pulses."""
+    x = torch.tensor([[0.5, -0.2, 0.1]])
+    d = torch.tensor([[3.0, -1.0, 0.5, 2.0]])
+    theirs, ours = repeated_update("moment", 4000, x, d, lr=0.05)
+    assert rel(ours.mean(0), theirs.mean(0)) < TOLERANCE
+    assert rel(ours.var(0), theirs.var(0)) < TOLERANCE
+
+
+def test_tiki_taka_transfer_matches_aihwkit():
+    """A step without gradient pulses is one transfer: column 0 of A, read through the noisy,
+    quantised transfer IO, written onto C by pulses at transfer_lr × lr."""
+    torch.manual_seed(2)
+    trials, out_size, in_size, lr = 4000, 6, 5, 0.05
+    config = devices.rpu_config("TT-v1", 0.7)
+    _, tile = aihwkit_layer(config, in_size, out_size)
+    hidden = tile.get_hidden_parameters()
+    c0 = (torch.rand(out_size, in_size) * 2 - 1) * 0.3
+    a0 = (torch.rand(out_size, in_size) * 2 - 1) * 0.3
+    tile.set_learning_rate(lr)
+    theirs = []
+    for _ in range(trials):
+        tile.set_weights(c0)
+        hp = tile.get_hidden_parameters()
+        hp["hidden_weights_0"] = a0.clone()
+        tile.set_hidden_parameters(hp)
+        tile.tile.update(torch.zeros(1, in_size), torch.zeros(1, out_size), False)
+        theirs.append(tile.tile.get_weights() - c0)
+    theirs = torch.stack(theirs)
+    ours_tile = AnalogTile(out_size, in_size, [from_aihwkit(config)] * trials)
+    copy_devices(hidden, ours_tile.fast, "_0")
+    copy_devices(hidden, ours_tile.slow, "_1")
+    ours_tile.set_weights(c0.expand(trials, -1, -1))
+    ours_tile.fast.weight.copy_(a0.expand(trials, -1, -1))
+    ours_tile.stash(torch.zeros(trials, 1, in_size), torch.zeros(trials, 1, out_size))
+    ours_tile.apply_update(lr)
+    ours = ours_tile.weight - c0
+    assert float(theirs[:, :, 1:].abs().max()) == 0 and float(ours[:, :, 1:].abs().max()) == 0
+    assert rel(ours.mean(0), theirs.mean(0)) < TOLERANCE
+    assert rel(ours.var(0), theirs.var(0)) < TOLERANCE
+
+
+# --- forward and backward -------------------------------------------------------------------------
+
+def test_forward_and_backward_match_aihwkit():
+    """Default IO (7-bit DAC, 9-bit ADC, output noise, ABS_MAX, ITERATIVE bound management); the
+    last sample drives outputs past the ADC bound, so bound management acts."""
+    torch.manual_seed(3)
+    trials, in_size, out_size = 3000, 40, 8
+    config = analog_sgd_config()
+    layer, tile = aihwkit_layer(config, in_size, out_size)
+    w = ((torch.rand(out_size, in_size) * 2 - 1) * 0.6).clamp(-0.45, 0.45)
+    w[0] = 0.45  # row 0: all weights high
+    tile.set_weights(w)
+    w = tile.tile.get_weights()  # as programmed: clipped to each device's bounds
+    x = torch.rand(3, in_size)
+    x[2] = 1.0  # row 0 of sample 2: 40 · 0.45 = 18 > 12: bound management
+    d = torch.randn(3, out_size)
+    ours = tnn.AnalogLinear(in_size, out_size, [from_aihwkit(config)], bias=False)
+    copy_devices(tile.get_hidden_parameters(), ours.tiles[0].array)
+    ours.set_weights(w[None])
+    torch.testing.assert_close(ours.get_weights()[0], w)
+    for module, label in ((layer, "aihwkit"), (ours, "torch")):
+        xs = x.repeat(trials, 1).requires_grad_(True)
+        y = module(xs)
+        y.backward(d.repeat(trials, 1))
+        outs = y.detach().view(trials, 3, out_size)
+        grads = xs.grad.view(trials, 3, in_size)
+        if label == "aihwkit":
+            ref = (outs.mean(0), outs.var(0), grads.mean(0), grads.var(0))
+        else:
+            got = (outs.mean(0), outs.var(0), grads.mean(0), grads.var(0))
+    assert float(ref[0][2, 0]) > 12  # bound management let the output exceed the ADC range
+    for a, b, what in zip(got, ref, ("out mean", "out var", "grad mean", "grad var"), strict=True):
+        assert rel(a, b) < TOLERANCE, what
+
+
+# --- batching, state, modes ----------------------------------------------------------------------
+
+def test_batched_runs_equal_single_runs_in_floating_point():
+    """FP SGD is deterministic: run 1 of a batch of 3 trains exactly like run 1 alone."""
+    config = presets.rpu_config("FP SGD", 1.0)
+    batched = tnn.build_fcn([config] * 3, [0, 1, 2])
+    single = tnn.build_fcn([config], [1])
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(30, 1, 28, 28, generator=g), torch.randint(0, 10, (30,), generator=g))
+            for _ in range(5)]
+    for model, runs, pick in ((batched, 3, slice(None)), (single, 1, slice(10, 20))):
+        opt = tnn.AnalogSGD(model.parameters(), lr=0.1)
+        for x, y in data:
+            opt.zero_grad()
+            tnn.batched_loss(model(x[pick]), y[pick], runs).backward()
+            opt.step()
+    for a, b in zip(tnn.analog_layers(batched), tnn.analog_layers(single), strict=True):
+        torch.testing.assert_close(a.get_weights()[1:2], b.get_weights(), rtol=1e-5, atol=1e-6)
+
+
+def test_initial_weights_are_those_of_the_aihwkit_backend():
+    from utils.models import build_fcn
+
+    torch.manual_seed(4)
+    theirs = build_fcn(devices.rpu_config("FP SGD", 1.0))
+    ours = tnn.build_fcn([presets.rpu_config("FP SGD", 1.0)], [4])
+    first = [m for m in theirs.modules() if type(m).__name__ == "AnalogLinear"][0]
+    w, _ = first.get_weights()
+    torch.testing.assert_close(tnn.analog_layers(ours)[0].get_weights()[0], w)
+
+
+@pytest.mark.parametrize("setting", ["Analog SGD", "TT-v1"])
+def test_run_state_round_trip_and_weights_stay_in_bounds(setting):
+    configs = [presets.rpu_config(setting, tau) for tau in (0.3, 0.8)]
+    model = tnn.build_fcn(configs, [0, 1])
+    opt = tnn.AnalogSGD(model.parameters(), lr=1.0)  # large: drives weights into the bounds
+    for _ in range(20):
+        opt.zero_grad()
+        tnn.batched_loss(model(torch.rand(20, 1, 28, 28)), torch.randint(0, 10, (20,)), 2).backward()
+        opt.step()
+    for tile in tnn.analog_tiles(model):
+        arrays = [tile.array] if setting == "Analog SGD" else [tile.fast, tile.slow]
+        for a in arrays:
+            assert bool((a.weight <= a.max_bound).all() and (a.weight >= a.min_bound).all())
+            assert float(a.max_bound[0].mean()) == pytest.approx(0.3, rel=0.05)
+    state = model.state_dict()
+    again = tnn.build_fcn(configs, [5, 6])
+    again.load_state_dict(tnn.stack_states([tnn.run_state(state, 0), tnn.run_state(state, 1)]))
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_compiled_update_equals_eager():
+    config = presets.rpu_config("Analog SGD", 0.7)
+    outs = []
+    for compiled in (False, True):
+        set_compile(compiled)
+        try:
+            tile = AnalogTile(7, 9, [config] * 2)
+            tile.set_weights(torch.full((2, 7, 9), 0.1))
+            torch.manual_seed(0)
+            tile.stash(torch.rand(2, 5, 9), torch.randn(2, 5, 7) * 0.1)
+            tile.apply_update(0.05)
+            outs.append(tile.weight.clone())
+        finally:
+            set_compile(False)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-7)
+    assert float((outs[0] - 0.1).abs().max()) > 0
+
+
+# --- the scripts ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mnist")
+    write_synthetic_mnist(root, n_train=300, n_test=200)
+    return root
+
+
+def train(data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(FCN), "--data-root", str(data), "--out", str(out), "--no-download",
+           "--no-compile", *flags]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def accuracies(out: Path, experiment: str, name: str, seeds) -> list[float]:
+    values = []
+    for seed in seeds:
+        lines = (out / "runs" / experiment / name / f"seed{seed}" / "metrics.jsonl").read_text()
+        values.append(json.loads(lines.splitlines()[-1])["test_acc"])
+    return values
+
+
+def test_batched_script_writes_one_folder_per_run_and_resumes(mnist_root, tmp_path):
+    flags = ("--backend", "torch", "--SETTING", "TT-v1", "--tau", "0.7", "0.8", "--seed", "0", "1")
+    res = train(mnist_root, tmp_path, *flags, "--epochs", "1")
+    assert res.returncode == 0, res.stderr
+    assert "4 runs batched" in res.stdout
+    for name in ("TT-v1-tau=0.7", "TT-v1-tau=0.8"):
+        for seed in (0, 1):
+            folder = tmp_path / "runs" / "MNIST-FCN-torch" / name / f"seed{seed}"
+            config = json.loads((folder / "config.json").read_text())
+            assert config["backend"] == "torch" and config["batched_runs"] == 4
+            assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+    res = train(mnist_root, tmp_path, *flags, "--epochs", "2")
+    assert res.returncode == 0, res.stderr
+    assert "resuming 4 run(s) after epoch 1" in res.stdout
+    res = subprocess.run([sys.executable, "S4.1-plot-FCN.py", "--runs", str(tmp_path), "--out",
+                          str(tmp_path), "--backend", "torch", "--tau", "0.7", "0.8"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "figures" / "fig5_mnist_fcn_torch.png").is_file()
+
+
+def test_torch_backend_lands_in_aihwkits_seed_spread(mnist_root, tmp_path):
+    """Every setting, 3 seeds, 2 epochs on the synthetic stand-in: the torch backend's mean test
+    accuracy lies within AIHWKit's range over seeds widened by 5 points (300 images: coarse)."""
+    seeds = ("0", "1", "2")
+    for setting in presets.SETTINGS:
+        common = ("--SETTING", setting, "--tau", "0.7", "--seed", *seeds, "--epochs", "2")
+        for backend in ("aihwkit", "torch"):
+            res = train(mnist_root, tmp_path, *common, "--backend", backend)
+            assert res.returncode == 0, res.stderr
+        name = setting if setting == "FP SGD" else f"{setting}-tau=0.7"
+        ref = accuracies(tmp_path, "MNIST-FCN", name, seeds)
+        ours = accuracies(tmp_path, "MNIST-FCN-torch", name, seeds)
+        mean = sum(ours) / len(ours)
+        assert min(ref) - 0.05 <= mean <= max(ref) + 0.05, (setting, ref, ours)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "torch", "--CUDA", "3"], "--CUDA 3"),
+    (["--backend", "jax"], "invalid choice"),
+    (["--update-mode", "exact"], "invalid choice"),
+])
+def test_bad_backend_flags_fail_with_one_line(mnist_root, tmp_path, flags, message):
+    res = train(mnist_root, tmp_path, *flags)
+    assert res.returncode == 2
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+# --- Table 2 (A12) ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["Resnet18", "Resnet50"])
+@pytest.mark.parametrize("setting", presets.SETTINGS)
+def test_lr_groups_are_aihwkits(model, setting):
+    """The authors' positional lr rule gives each head parameter the same lr in both backends
+    (the torch head lists its parameters in AIHWKit's order; ResNet-50's head is 4 tiles)."""
+    from utils.finetune import DW_MIN_STATES, lr_groups
+    from utils.models import build_resnet
+
+    dw_min = 0.8 / DW_MIN_STATES
+    theirs = build_resnet(model, devices.rpu_config(setting, 0.8, dw_min), freeze_backbone=True)
+    ours = build_resnet(model, presets.rpu_config(setting, 0.8, dw_min), freeze_backbone=True,
+                        update_mode="moment")
+    summary = [[(g["name"], g["lr"], len(g["params"])) for g in lr_groups(m, 0.075)]
+               for m in (theirs, ours)]
+    assert summary[0] == summary[1]
+
+
+def test_a12_trains_with_the_torch_backend(tmp_path):
+    from utils.data import write_synthetic_cifar10
+
+    data = tmp_path / "cifar"
+    write_synthetic_cifar10(data, n_train=32, n_test=16)
+    cmd = [sys.executable, "A12-resnet-finetune.py", "--data-root", str(data), "--out",
+           str(tmp_path), "--weights", "none", "--image-size", "32", "--batch-size", "16",
+           "--workers", "0", "--threads", "1", "--no-download", "--backend", "torch",
+           "--no-compile", "-opt", "TT-v1", "--epochs", "1"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    folder = tmp_path / "runs" / "CIFAR10-finetune-torch" / "Resnet18-scratch" / "TT-v1-tau=0.8"
+    config = json.loads((folder / "seed0" / "config.json").read_text())
+    assert config["backend"] == "torch" and "TransferCompound" in config["rpu_config"]
+    assert len((folder / "seed0" / "metrics.jsonl").read_text().splitlines()) == 2

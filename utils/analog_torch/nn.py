@@ -1,0 +1,273 @@
+"""Analog layers, the MNIST networks and the optimizer of the torch backend, for R runs at once.
+
+A batched network takes the R runs' mini-batches stacked along the batch dimension, run r's
+samples in rows r·B … (r+1)·B − 1, and returns their outputs the same way. Layers that are not
+analog (activations, pooling) treat the R·B rows as one batch; analog layers view them as (R, B, …)
+and give each run its own tiles. Since no parameter is shared between runs, the gradient of the
+sum of the runs' losses (:func:`batched_loss`) gives each run exactly its own gradient.
+
+As in AIHWKit: a linear layer with more than ``max_input_size`` inputs (``max_output_size``
+outputs) is split into tiles of near-equal size whose partial outputs are summed digitally; each
+tile has its own learnable output gain when ``mapping.learn_out_scaling``; the bias is digital;
+convolutions are never split; the update vectors of a convolution are its (sample, patch) pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.optim import Optimizer
+
+from utils.analog_torch.config import RPUConfig
+from utils.analog_torch.tile import AnalogTile
+
+
+def _chunks(size: int, limit: int) -> list[int]:
+    n = max(1, math.ceil(size / limit))
+    return [len(c) for c in torch.arange(size).tensor_split(n)]
+
+
+class AnalogLinear(nn.Module):
+    """``y = Σ_tiles α_t·tile_t(x_t) + b`` for R runs; x (R·B, in) → (R·B, out)."""
+
+    def __init__(self, in_features: int, out_features: int, configs: Sequence[RPUConfig],
+                 bias: bool = True, update_mode: str = "moment", salt: int = 0) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.runs = in_features, out_features, len(configs)
+        mapping = configs[0].mapping
+        self.in_sizes = _chunks(in_features, mapping.max_input_size)
+        self.out_sizes = _chunks(out_features, mapping.max_output_size)
+        self.tiles = nn.ModuleList(
+            AnalogTile(o, i, configs, update_mode, salt=salt * 64 + k)
+            for k, (o, i) in enumerate((o, i) for o in self.out_sizes for i in self.in_sizes))
+        self.out_scaling = (nn.ParameterList(nn.Parameter(torch.ones(self.runs))
+                                             for _ in self.tiles)
+                            if mapping.learn_out_scaling else None)
+        self.bias = nn.Parameter(torch.zeros(self.runs, out_features)) if bias else None
+
+    def aihwkit_parameter_order(self, prefix: str = "") -> list[tuple[str, nn.Parameter]]:
+        """The named parameters in the order AIHWKit's AnalogLinear lists them (one tile: tile,
+        bias, output scale; split: bias, then tile and output scale of each tile), for rules that
+        depend on the position of a parameter (the authors' learning-rate groups of Table 2)."""
+        params = dict(self.named_parameters(prefix.rstrip(".") if prefix else ""))
+        sep = "." if prefix else ""
+        tile = [(f"{prefix}{sep}tiles.{k}.ctx", f"{prefix}{sep}out_scaling.{k}")
+                for k in range(len(self.tiles))]
+        bias = [f"{prefix}{sep}bias"]
+        order = ([tile[0][0], *bias, tile[0][1]] if len(tile) == 1 else
+                 [*bias, *(n for pair in tile for n in pair)])
+        return [(n, params[n]) for n in order if n in params]
+
+    def analog_tiles(self) -> Iterator[AnalogTile]:
+        """The layer's tiles (an iterator, as AIHWKit's analog modules give them)."""
+        return iter(self.tiles)
+
+    @torch.no_grad()
+    def set_weights(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        """Program the full weight (R, out, in) across the tiles, and the bias (R, out)."""
+        k = 0
+        for o0, o in zip(_offsets(self.out_sizes), self.out_sizes, strict=True):
+            for i0, i in zip(_offsets(self.in_sizes), self.in_sizes, strict=True):
+                self.tiles[k].set_weights(weight[:, o0:o0 + o, i0:i0 + i])
+                k += 1
+        if bias is not None and self.bias is not None:
+            self.bias.copy_(bias)
+
+    def get_weights(self) -> Tensor:
+        """The visible weights (R, out, in) assembled from the tiles (without output gains)."""
+        rows, k = [], 0
+        for _ in self.out_sizes:
+            rows.append(torch.cat([self.tiles[k + j].weight for j in range(len(self.in_sizes))], -1))
+            k += len(self.in_sizes)
+        return torch.cat(rows, dim=1)
+
+    def forward_runs(self, x: Tensor) -> Tensor:
+        """(R, N, in) → (R, N, out)."""
+        outs, k = [], 0
+        xs = x.split(self.in_sizes, dim=-1)
+        for _ in self.out_sizes:
+            total = 0
+            for j in range(len(self.in_sizes)):
+                y = self.tiles[k](xs[j])
+                if self.out_scaling is not None:
+                    y = y * self.out_scaling[k].view(-1, 1, 1)
+                total = total + y
+                k += 1
+            outs.append(total)
+        y = torch.cat(outs, dim=-1)
+        return y if self.bias is None else y + self.bias.unsqueeze(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.forward_runs(x.reshape(self.runs, -1, self.in_features))
+        return y.reshape(-1, self.out_features)
+
+
+class AnalogConv2d(nn.Module):
+    """A 2-D convolution on one tile of ``out_channels × in_channels·k·k`` (never split), R runs;
+    every (sample, patch) pair is one update vector."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 configs: Sequence[RPUConfig], stride: int = 1, padding: int = 0,
+                 bias: bool = True, update_mode: str = "moment", salt: int = 0) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.runs = in_channels, out_channels, len(configs)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        fan_in = in_channels * kernel_size * kernel_size
+        self.tile = AnalogTile(out_channels, fan_in, configs, update_mode, salt=salt * 64)
+        self.out_scaling = (nn.Parameter(torch.ones(self.runs, 1))
+                            if configs[0].mapping.learn_out_scaling else None)
+        self.bias = nn.Parameter(torch.zeros(self.runs, out_channels)) if bias else None
+
+    def analog_tiles(self) -> Iterator[AnalogTile]:
+        return iter([self.tile])
+
+    @torch.no_grad()
+    def set_weights(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        """weight (R, out, in, k, k) or (R, out, in·k·k); bias (R, out)."""
+        self.tile.set_weights(weight.reshape(self.runs, self.out_channels, -1))
+        if bias is not None and self.bias is not None:
+            self.bias.copy_(bias)
+
+    def get_weights(self) -> Tensor:
+        return self.tile.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        cols = F.unfold(x, k, padding=p, stride=s)  # (R·B, C·k·k, L)
+        cols = cols.transpose(1, 2).reshape(self.runs, -1, cols.shape[1])  # (R, B·L, C·k·k)
+        y = self.tile(cols)
+        if self.out_scaling is not None:
+            y = y * self.out_scaling.view(-1, 1, 1)
+        if self.bias is not None:
+            y = y + self.bias.unsqueeze(1)
+        return y.reshape(n, h_out * w_out, self.out_channels).transpose(1, 2).reshape(
+            n, self.out_channels, h_out, w_out)
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    out, total = [], 0
+    for s in sizes:
+        out.append(total)
+        total += s
+    return out
+
+
+def analog_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (AnalogLinear, AnalogConv2d))]
+
+
+def analog_tiles(model: nn.Module) -> list[AnalogTile]:
+    return [t for m in model.modules() if isinstance(m, AnalogTile) for t in [m]]
+
+
+# --- the MNIST networks -------------------------------------------------------------------------------
+
+def _digital_fcn() -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.Sigmoid(), nn.Linear(256, 128),
+                         nn.Sigmoid(), nn.Linear(128, 10), nn.LogSoftmax(dim=1))
+
+
+def _digital_cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 5), nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5), nn.Tanh(),
+        nn.MaxPool2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(512, 128), nn.Tanh(),
+        nn.Linear(128, 10), nn.LogSoftmax(dim=1))
+
+
+def _convert(digitals: Sequence[nn.Sequential], configs: Sequence[RPUConfig],
+             update_mode: str) -> nn.Sequential:
+    """One batched analog network from R digital twins (their initial weights, one per run)."""
+    layers, salt = [], 0
+    for modules in zip(*digitals, strict=True):
+        first = modules[0]
+        if isinstance(first, nn.Linear):
+            layer = AnalogLinear(first.in_features, first.out_features, configs,
+                                 update_mode=update_mode, salt=salt)
+        elif isinstance(first, nn.Conv2d):
+            layer = AnalogConv2d(first.in_channels, first.out_channels, first.kernel_size[0],
+                                 configs, stride=first.stride[0], padding=first.padding[0],
+                                 update_mode=update_mode, salt=salt)
+        else:
+            layers.append(first)
+            continue
+        layer.set_weights(torch.stack([m.weight.detach() for m in modules]),
+                          torch.stack([m.bias.detach() for m in modules]))
+        layers.append(layer)
+        salt += 1
+    return nn.Sequential(*layers)
+
+
+def build_fcn(configs: Sequence[RPUConfig], seeds: Sequence[int],
+              update_mode: str = "moment") -> nn.Sequential:
+    """The FCN 784-256-128-10 (sigmoids) of Figure 5 for R runs: run r's initial weights are those
+    of torch's default init after ``torch.manual_seed(seeds[r])``, as in the AIHWKit backend (the
+    network is built digitally and converted); layer 1 is split into two 392-input tiles."""
+    return _convert([_seeded(_digital_fcn, s) for s in seeds], configs, update_mode)
+
+
+def build_cnn(configs: Sequence[RPUConfig], seeds: Sequence[int],
+              update_mode: str = "moment") -> nn.Sequential:
+    """The LeNet-style CNN of Figure 5 for R runs (tiles 16×25, 32×400, 128×512, 10×128), initial
+    weights from torch's default init of the same layers after ``torch.manual_seed(seeds[r])``."""
+    return _convert([_seeded(_digital_cnn, s) for s in seeds], configs, update_mode)
+
+
+def _seeded(make, seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return make()
+
+
+def batched_loss(log_probs: Tensor, target: Tensor, runs: int) -> Tensor:
+    """Σ_r (mean NLL of run r): each run gets the gradient of its own mean loss."""
+    return F.nll_loss(log_probs, target) * runs
+
+
+def per_run_loss(log_probs: Tensor, target: Tensor, runs: int) -> Tensor:
+    """(R,) mean NLL of each run."""
+    return F.nll_loss(log_probs, target, reduction="none").view(runs, -1).mean(dim=1)
+
+
+# --- the optimizer ------------------------------------------------------------------------------------
+
+class AnalogSGD(Optimizer):
+    """Plain SGD for digital parameters; for each tile (found through its ``ctx`` parameter) the
+    pulsed update at its group's learning rate (re-read every step, so LR schedulers act on the
+    tiles, as in AIHWKit's AnalogSGD)."""
+
+    def __init__(self, params, lr: float) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                tile = getattr(p, "analog_tile", None)
+                if tile is not None:
+                    tile.apply_update(group["lr"])
+                elif p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+        return loss
+
+
+# --- one run's state out of a batched model, and back -------------------------------------------------
+
+def run_state(state: dict[str, Tensor], run: int) -> dict[str, Tensor]:
+    """The state dict of run ``run`` alone (an R = 1 model) from a batched model's state dict."""
+    return {k: v[run:run + 1].clone() for k, v in state.items()}
+
+
+def stack_states(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """A batched model's state dict from R single-run state dicts (inverse of run_state)."""
+    return {k: torch.cat([s[k] for s in states]) for k in states[0]}

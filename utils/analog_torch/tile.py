@@ -1,0 +1,462 @@
+"""Analog tiles in plain PyTorch: R independent runs of one crossbar, simulated together.
+
+A tile holds, for each of R runs, an ``out × in`` weight matrix on pulsed soft-bounds devices
+(or ideal floating-point weights), and implements AIHWKit's semantics (EXPERIMENTS.md §1.5):
+
+* :func:`analog_mvm`: the forward / backward matrix-vector product with the IO non-idealities:
+  ABS_MAX noise management, ITERATIVE bound management, DAC / ADC resolution and bounds, output
+  noise, additive weight noise.
+* :meth:`AnalogTile.apply_update`: the pulsed SGD update ``W ← W − lr·Σ_b d_b x_bᵀ`` as AIHWKit
+  does it: per sample b, stochastic pulse trains of BL_b ≤ desired_bl slots with update management,
+  each coincidence one soft-bounds pulse. Two modes:
+
+  - ``"pulse"``: every pulse train is drawn; the coincidence counts of each device are exact, and
+    a device's up and down pulses of one mini-batch are applied through the closed form of n
+    soft-bounds pulses (exact for pulses of one sign; with both signs, their interleaving is
+    averaged: an O(dw_min²/τ) difference).
+  - ``"moment"``: the coincidence counts are replaced by Gaussians with their exact per-device
+    mean and variance, computed from four matrix products (no pulse trains), the step then
+    linearised: the same mean and variance of the update at about the cost of a digital step.
+
+* Tiki-Taka v1 (TransferCompound): gradient pulses onto A at fast_lr, then each mini-batch a
+  cyclic column read of A through ``transfer_forward`` written onto C by a pulsed update.
+
+Every per-run tensor has the run index as its leading dimension, so one run's state is a slice
+(see utils.analog_torch.nn.run_state / stack_states).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from utils.analog_torch.config import (
+    FloatingPointRPUConfig,
+    IOParameters,
+    RPUConfig,
+    SingleRPUConfig,
+    SoftBoundsReferenceDevice,
+    UnitCellRPUConfig,
+    UpdateParameters,
+)
+
+UPDATE_MODES = ("pulse", "moment")
+OUT_BOUND_MASK = 0.999  # outputs with |y| ≥ this × out_bound pass no error backwards (as AIHWKit)
+
+
+# --- forward / backward: the IO pass -----------------------------------------------------------------
+
+def _quantize(x: Tensor, step: float) -> Tensor:
+    return x if step <= 0 else torch.round(x / step) * step
+
+
+def _res_step(res: float, bound: float) -> float:
+    """AIHWKit's resolution: a value > 1 is a number of steps; the step spans the full signed
+    range 2·bound (e.g. inp_res 1/126 with inp_bound 1 is a step of 2/126)."""
+    if res <= 0:
+        return 0.0
+    if res > 1:
+        res = 1.0 / res
+    return res * 2 * bound
+
+
+def _one_pass(weight: Tensor, x: Tensor, io: IOParameters) -> tuple[Tensor, Tensor]:
+    """One pass through the array: DAC, matrix product, weight and output noise, ADC. Returns the
+    outputs and, per sample, whether an output fell outside ±out_bound (before clipping)."""
+    x = _quantize(x, _res_step(io.inp_res, io.inp_bound)).clamp(-io.inp_bound, io.inp_bound)
+    y = torch.matmul(x, weight.transpose(-1, -2))
+    if io.w_noise > 0 and io.w_noise_type == "additive_constant":
+        y = y + io.w_noise * x.norm(dim=-1, keepdim=True) * torch.randn_like(y)
+    if io.out_noise > 0:
+        y = y + io.out_noise * torch.randn_like(y)
+    y = _quantize(y, _res_step(io.out_res, io.out_bound))
+    over = y > io.out_bound
+    if io.bm_test_negative_bound:
+        over = over | (y < -io.out_bound)
+    return y.clamp(-io.out_bound, io.out_bound), over.any(dim=-1, keepdim=True)
+
+
+def analog_mvm(weight: Tensor, x: Tensor, io: IOParameters, bound_management: bool = True) -> Tensor:
+    """``x @ weightᵀ`` through the analog periphery: weight (R, out, in), x (R, N, in) → (R, N, out).
+    Per sample: divide by max|x| (ABS_MAX; an all-zero input gives 0), one pass, and with ITERATIVE
+    bound management repeat it with the input halved (fresh noise) while an output saturates, up to
+    a reduction of max_bm_factor or until the input grid would exceed max_bm_res; then scale back.
+    For the backward pass call it with ``weight.transpose(-1, -2)`` and ``bound_management=False``
+    (AIHWKit turns bound management off there)."""
+    if io.is_perfect:
+        return torch.matmul(x, weight.transpose(-1, -2))
+    scale = None
+    if io.noise_management == "abs_max":
+        scale = x.abs().amax(dim=-1, keepdim=True)
+        x = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    y, over = _one_pass(weight, x, io)
+    if bound_management and io.bound_management == "iterative":
+        bm = torch.ones_like(x[..., :1])
+        inp_step = _res_step(io.inp_res, io.inp_bound)
+        limit = min(io.max_bm_factor, io.max_bm_res / inp_step if inp_step > 0 else math.inf)
+        while True:
+            redo = over & (bm <= limit)
+            if not bool(redo.any()):
+                break
+            bm = torch.where(redo, bm * 2, bm)
+            y_new, over_new = _one_pass(weight, x / bm, io)
+            y = torch.where(redo, y_new * bm, y)
+            over = redo & over_new
+    return y if scale is None else y * scale
+
+
+# --- the pulsed update --------------------------------------------------------------------------------
+
+def pulse_probabilities(x: Tensor, d: Tensor, lr: Tensor | float, dw_min: Tensor, desired_bl: int,
+                        bl_management: bool = True, update_management: bool = True,
+                        um_grad_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample pulse probabilities and train lengths of the stochastic pulsed update.
+
+    x (R, N, in), d (R, N, out), dw_min (R, 1, 1). Returns (p, q, bl): p (R, N, in) and q (R, N, out)
+    the probabilities of a pulse in each slot, bl (R, N, 1) the number of slots (0: no update),
+    such that the expected coincidence count ``bl·p_j·q_i`` is ``lr·|x_j d_i|/dw_min`` up to
+    desired_bl pulses per sample; beyond, d's side is scaled so that x's largest element always
+    fires, and q clips at 1 (AIHWKit's update and bit-length management).
+    """
+    x_max = x.abs().amax(dim=-1, keepdim=True)
+    d_max = d.abs().amax(dim=-1, keepdim=True)
+    live = ((x_max > 0) & (d_max > 0)).to(x.dtype)
+    x_max = x_max + (1 - live)  # 1 where dead: no 0/0
+    d_max = d_max + (1 - live)
+    lr_dw = lr / dw_min
+    if bl_management:
+        k = lr_dw * x_max * d_max
+        bl = torch.ceil(k).clamp(1, desired_bl)
+        d_max = d_max * (desired_bl / k).clamp(max=1)
+    else:
+        bl = torch.full_like(x_max, float(desired_bl))
+    base = lr_dw / bl
+    if update_management:
+        scale_x, scale_d = torch.sqrt(base * d_max / x_max), torch.sqrt(base * x_max / d_max)
+    else:
+        scale_x = scale_d = torch.sqrt(base)
+    p = (x.abs() * scale_x).clamp(max=1) * live
+    q = (d.abs() * (scale_d * um_grad_scale)).clamp(max=1) * live
+    return p, q, bl * live
+
+
+def _pair(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_k a_k ⊗ b_k over samples: a (R, K, out), b (R, K, in) → (R, out, in)."""
+    return torch.matmul(a.transpose(-1, -2), b)
+
+
+def sample_counts(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor) -> tuple[Tensor, Tensor]:
+    """Draw every pulse train; return the exact (up, down) coincidence counts of each device.
+    A device moves up where x_j·d_i < 0 (W ← W − lr·d xᵀ)."""
+    slots = int(bl.max().item()) if bl.numel() else 0
+    if slots == 0:
+        zero = x.new_zeros(x.shape[0], d.shape[-1], x.shape[-1])
+        return zero, zero
+    active = (torch.arange(slots, device=x.device) < bl).unsqueeze(-1)  # (R, N, T, 1)
+    xb = ((torch.rand(*p.shape[:2], slots, p.shape[-1], device=x.device, dtype=x.dtype)
+           < p.unsqueeze(2)) & active).to(x.dtype)
+    db = ((torch.rand(*q.shape[:2], slots, q.shape[-1], device=x.device, dtype=x.dtype)
+           < q.unsqueeze(2)) & active).to(x.dtype)
+    R = x.shape[0]
+    signed = _pair((db * d.sign().unsqueeze(2)).reshape(R, -1, q.shape[-1]),
+                   (xb * x.sign().unsqueeze(2)).reshape(R, -1, p.shape[-1]))
+    total = _pair(db.reshape(R, -1, q.shape[-1]), xb.reshape(R, -1, p.shape[-1]))
+    return (total - signed) / 2, (total + signed) / 2
+
+
+def count_moments(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor) -> tuple[Tensor, ...]:
+    """Sums over samples that give the exact mean and variance of each device's (up, down)
+    coincidence counts (a sample's count is Binomial(bl, p_j q_i), independent across samples),
+    from one batched matrix product: (Σ bl·q p, Σ bl·q p·s, Σ bl·q²p², Σ bl·q²p²·s) with s = +1
+    for a down pulse (x_j d_i > 0) and −1 for an up pulse."""
+    sx, sd = x.sign(), d.sign()
+    qb, p2 = q * bl, p.square()
+    q2b = q * qb
+    left = torch.cat([qb, qb * sd, q2b, q2b * sd])   # (4R, N, out)
+    right = torch.cat([p, p * sx, p2, p2 * sx])      # (4R, N, in)
+    return _pair(left, right).chunk(4)
+
+
+def _soft_bounds_mean(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
+                      n_up: Tensor, n_down: Tensor) -> Tensor:
+    """The weight after n_up up and n_down down soft-bounds pulses: the closed form
+    ``w* + (w − w*)·e^{−r}`` with r = n_up·s_up/b_max + n_down·s_down/|b_min| and w* the weight the
+    pulses drive towards; exact for pulses of one sign up to O(r·s/b) (e^{−r} for (1 − s/b)^n),
+    both signs mixed evenly. Devices whose bound lies within one step of 0 end at it (clipped)."""
+    c_up, c_down = s_up / b_max, s_down / -b_min  # relative step per pulse
+    rate = n_up * c_up + n_down * c_down
+    decay = torch.exp(-rate)
+    drive = n_up * s_up - n_down * s_down
+    # (1 − e^{−r})/r, by its series where r is small (no 0/0)
+    gain = torch.where(rate > 1e-3, (1 - decay) / rate.clamp(min=1e-3), 1 - rate * 0.5)
+    return w * decay + gain * drive
+
+
+def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
+                   c2c_var: Tensor, dw_min: Tensor, x: Tensor, d: Tensor, lr: Tensor,
+                   unit_noise: Tensor, desired_bl: int, bl_management: bool,
+                   update_management: bool, um_grad_scale: float) -> Tensor:
+    """The moment-matched pulsed update of one array (fused by torch.compile when it is on)."""
+    p, q, bl = pulse_probabilities(x, d, lr, dw_min, desired_bl, bl_management,
+                                   update_management, um_grad_scale)
+    mean_total, mean_signed, sq_total, sq_signed = count_moments(x, d, p, q, bl)
+    n_up, n_down = (mean_total - mean_signed) * 0.5, (mean_total + mean_signed) * 0.5
+    v_up = (mean_total - sq_total - mean_signed + sq_signed) * 0.5
+    v_down = (mean_total - sq_total + mean_signed - sq_signed) * 0.5
+    new = _soft_bounds_mean(w, s_up, s_down, b_max, b_min, n_up, n_down)
+    # one pulse's step at the mean new weight: the slope of the closed form in the pulse count
+    a_up, a_down = s_up * (1 - new / b_max), s_down * (1 - new / b_min)
+    var = (a_up * a_up * v_up + a_down * a_down * v_down
+           + c2c_var * (s_up * s_up * n_up + s_down * s_down * n_down))
+    new = new + var.clamp(min=0).sqrt() * unit_noise
+    return torch.minimum(torch.maximum(new, b_min), b_max)
+
+
+_COMPILE = {"on": False}
+_COMPILED: dict[str, object] = {}
+
+
+def set_compile(on: bool) -> None:
+    """Fuse the moment-matched update with torch.compile (one loop over the array instead of ~40
+    passes; needs a C++ compiler on a CPU, and the first step of each tile shape takes seconds).
+    Off by default; the training scripts turn it on unless --no-compile."""
+    _COMPILE["on"] = bool(on)
+
+
+def _fused(name: str, fn):
+    """``fn`` compiled by torch.compile when compilation is on, else ``fn``. If compiling fails
+    (no compiler, an unsupported platform), it says so once and falls back to ``fn``: the same
+    math, unfused."""
+    if not _COMPILE["on"]:
+        return fn
+    if name not in _COMPILED:
+        compiled = torch.compile(fn, dynamic=True)
+
+        def call(*args):
+            if _COMPILED[name] is fn:
+                return fn(*args)
+            try:
+                return compiled(*args)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: run unfused
+                print(f"torch.compile failed ({type(err).__name__}); the update runs unfused")
+                _COMPILED[name] = fn
+                return fn(*args)
+        _COMPILED[name] = call
+    return _COMPILED[name]
+
+
+def unit_noise(shape: torch.Size, device: torch.device) -> Tensor:
+    """Zero-mean, unit-variance noise, cheaply: uniform on 256 levels from random bytes (one 64-bit
+    draw per 7 values, ~6× faster than torch.randn on a CPU). Only its mean and variance matter to
+    the moment-matched update."""
+    n = math.prod(shape)
+    words = (n + 6) // 7
+    raw = torch.empty(words, dtype=torch.int64, device=device).random_(0, 2**56)
+    octets = raw.view(torch.uint8).view(words, 8)[:, :7].reshape(-1)[:n]
+    return (octets.view(shape).to(torch.float32) - 127.5) * (1 / 73.900271)
+
+
+class SoftBoundsArray(nn.Module):
+    """The devices of one array for R runs: per-device step sizes and bounds (device-to-device
+    spread drawn once, from the device's construction_seed) and the weights they hold."""
+
+    def __init__(self, devices: Sequence[SoftBoundsReferenceDevice], out_size: int, in_size: int,
+                 salt: int = 0) -> None:
+        super().__init__()
+        shape = (out_size, in_size)
+        up, down, b_max, b_min = [], [], [], []
+        for dev in devices:
+            g = torch.Generator().manual_seed(int(dev.construction_seed) * 1_000_003 + salt)
+            xi = [torch.randn(shape, generator=g) for _ in range(4)]
+            hi = (dev.w_max * (1 + dev.w_max_dtod * xi[0])).abs()
+            lo = -(dev.w_min * (1 + dev.w_min_dtod * xi[1])).abs()
+            gain, r = 1 + dev.dw_min_dtod * xi[2], dev.up_down_dtod * xi[3]
+            up.append(((gain + r) * dev.dw_min).abs())
+            down.append(((gain - r) * dev.dw_min).abs())
+            b_max.append(hi)
+            b_min.append(lo)
+        self.register_buffer("scale_up", torch.stack(up))
+        self.register_buffer("scale_down", torch.stack(down))
+        self.register_buffer("max_bound", torch.stack(b_max))
+        self.register_buffer("min_bound", torch.stack(b_min))
+        self.register_buffer("dw_min", torch.tensor([d.dw_min for d in devices]).view(-1, 1, 1))
+        self.register_buffer("dw_min_std", torch.tensor([d.dw_min_std for d in devices])
+                             .view(-1, 1, 1))
+        self.register_buffer("weight", torch.zeros(len(devices), out_size, in_size))
+
+    def set_weights(self, weight: Tensor) -> None:
+        """Program the weights, clipped to each device's bounds (as AIHWKit's set_weights)."""
+        self.weight.copy_(torch.minimum(torch.maximum(weight, self.min_bound), self.max_bound))
+
+    def update(self, x: Tensor, d: Tensor, lr: float, up: UpdateParameters, mode: str) -> None:
+        """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes)."""
+        w, s_up, s_down, b_max, b_min = (self.weight, self.scale_up, self.scale_down,
+                                         self.max_bound, self.min_bound)
+        c2c_var = self.dw_min_std.square()
+        flags = (up.desired_bl, up.update_bl_management, up.update_management, up.um_grad_scale)
+        if mode == "pulse":
+            p, q, bl = pulse_probabilities(x, d, lr, self.dw_min, *flags)
+            n_up, n_down = sample_counts(x, d, p, q, bl)
+            new = _soft_bounds_mean(w, s_up, s_down, b_max, b_min, n_up, n_down)
+            var = c2c_var * (s_up.square() * n_up + s_down.square() * n_down)
+            new = new + var.sqrt() * torch.randn_like(new)
+            self.weight.copy_(torch.minimum(torch.maximum(new, b_min), b_max))
+        elif mode == "moment":
+            lr_t = torch.tensor(lr, dtype=w.dtype, device=w.device)
+            self.weight.copy_(_fused("moment", _moment_update)(
+                w, s_up, s_down, b_max, b_min, c2c_var, self.dw_min, x, d, lr_t,
+                unit_noise(w.shape, w.device), *flags))
+        else:
+            raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
+
+
+class AnalogTile(nn.Module):
+    """One crossbar of ``out_size × in_size`` weights for R runs (one config per run; the runs may
+    differ only in their devices, e.g. τ). ``ctx`` is the parameter that puts the tile on the
+    autograd graph and in the optimizer; the optimizer calls :meth:`apply_update`."""
+
+    def __init__(self, out_size: int, in_size: int, configs: Sequence[RPUConfig],
+                 update_mode: str = "moment", salt: int = 0) -> None:
+        super().__init__()
+        if update_mode not in UPDATE_MODES:
+            raise ValueError(f"unknown update mode {update_mode!r}; choose one of {UPDATE_MODES}")
+        first = configs[0]
+        kinds = {type(c) for c in configs}
+        if len(kinds) != 1:
+            raise ValueError("the runs of one batched tile must use one kind of RPU config")
+        for c in configs[1:]:
+            if not isinstance(c, FloatingPointRPUConfig) and (
+                    c.forward, c.backward, c.update) != (first.forward, first.backward, first.update):
+                raise ValueError("the runs of one batched tile may differ only in their devices")
+        self.out_size, self.in_size, self.runs = out_size, in_size, len(configs)
+        self.update_mode = update_mode
+        self.config = first
+        self.kind = {FloatingPointRPUConfig: "fp", SingleRPUConfig: "single",
+                     UnitCellRPUConfig: "transfer"}[type(first)]
+        self.ctx = nn.Parameter(torch.zeros(self.runs, 0))
+        self.ctx.analog_tile = self  # how the optimizer finds the tile
+        if self.kind == "fp":
+            self.register_buffer("fp_weight", torch.zeros(self.runs, out_size, in_size))
+        elif self.kind == "single":
+            self.array = SoftBoundsArray([c.device for c in configs], out_size, in_size, salt)
+        else:
+            self.fast = SoftBoundsArray([c.device.unit_cell_devices[0] for c in configs],
+                                        out_size, in_size, 2 * salt)
+            self.slow = SoftBoundsArray([c.device.unit_cell_devices[1] for c in configs],
+                                        out_size, in_size, 2 * salt + 1)
+            self.register_buffer("transfer_column", torch.zeros(self.runs, dtype=torch.long))
+            self.register_buffer("batches_seen", torch.zeros(self.runs, dtype=torch.long))
+        self._stash: list[tuple[Tensor, Tensor]] = []
+
+    # -- weights
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def weight(self) -> Tensor:
+        """The visible weights (R, out, in): what forward and backward read."""
+        if self.kind == "fp":
+            return self.fp_weight
+        return self.array.weight if self.kind == "single" else self.slow.weight
+
+    @torch.no_grad()
+    def set_weights(self, weight: Tensor) -> None:
+        """Program the visible weights (R, out, in); for Tiki-Taka A is zeroed (as AIHWKit)."""
+        if self.kind == "fp":
+            self.fp_weight.copy_(weight)
+        elif self.kind == "single":
+            self.array.set_weights(weight)
+        else:
+            self.slow.set_weights(weight)
+            self.fast.weight.zero_()
+            self.transfer_column.zero_()
+
+    # -- passes
+
+    def forward_pass(self, x: Tensor) -> Tensor:
+        if self.kind == "fp":
+            return torch.matmul(x, self.weight.transpose(-1, -2))
+        return analog_mvm(self.weight, x, self.config.forward)
+
+    def backward_pass(self, d: Tensor) -> Tensor:
+        if self.kind == "fp":
+            return torch.matmul(d, self.weight)
+        return analog_mvm(self.weight.transpose(-1, -2), d, self.config.backward,
+                              bound_management=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(R, N, in) → (R, N, out); in training mode the backward pass stashes (x, d)."""
+        return _TileFunction.apply(x, self.ctx, self)
+
+    def stash(self, x: Tensor, d: Tensor) -> None:
+        self._stash.append((x, d))
+
+    # -- update
+
+    @torch.no_grad()
+    def apply_update(self, lr: float) -> None:
+        """Update with everything stashed since the last call, at SGD learning rate ``lr``."""
+        if not self._stash:
+            return
+        x = torch.cat([s[0] for s in self._stash], dim=1)
+        d = torch.cat([s[1] for s in self._stash], dim=1)
+        self._stash.clear()
+        if self.kind == "fp":
+            self.fp_weight.sub_(lr * _pair(d, x))
+        elif self.kind == "single":
+            self.array.update(x, d, lr, self.config.update, self.update_mode)
+        else:
+            self._tiki_taka(x, d, lr)
+
+    def _tiki_taka(self, x: Tensor, d: Tensor, lr: float) -> None:
+        compound = self.config.device
+        fast_lr = compound.fast_lr if compound.fast_lr > 0 else lr
+        self.fast.update(x, d, fast_lr, self.config.update, self.update_mode)
+        self.batches_seen += 1
+        every = max(1, math.ceil(compound.transfer_every))
+        if int(self.batches_seen[0]) % every:
+            return
+        transfer_lr = compound.transfer_lr * (lr if compound.scale_transfer_lr else 1.0)
+        eye = torch.eye(self.in_size, device=x.device, dtype=x.dtype)
+        for _ in range(compound.n_reads_per_transfer):
+            col = self.transfer_column  # (R,)
+            onehot = eye[col].unsqueeze(1)  # (R, 1, in)
+            read = analog_mvm(self.fast.weight, onehot, compound.transfer_forward)  # (R, 1, out)
+            # C ← C + transfer_lr·A[:, c]: a pulsed update with x = e_c and d = −A[:, c]
+            self.slow.update(onehot, -read, transfer_lr, compound.transfer_update, self.update_mode)
+            self.transfer_column.copy_((col + 1) % self.in_size)
+
+
+class _TileFunction(torch.autograd.Function):
+    """Forward through the tile's forward pass; backward through its backward pass, stashing the
+    (input, output-gradient) pair for the pulsed update (AIHWKit's weights get no autograd grad)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, token: Tensor, tile: AnalogTile) -> Tensor:
+        ctx.tile = tile
+        with torch.no_grad():
+            y = tile.forward_pass(x)
+        saturated = None
+        if tile.kind != "fp" and not tile.config.forward.is_perfect:
+            # AIHWKit back-propagates no error through an output at its bound (the update still
+            # uses the full error)
+            saturated = y.abs() >= OUT_BOUND_MASK * tile.config.forward.out_bound
+        ctx.save_for_backward(x, saturated)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, saturated = ctx.saved_tensors
+        tile = ctx.tile
+        if tile.training:
+            tile.stash(x.detach(), grad.detach())
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            masked = grad if saturated is None else grad.masked_fill(saturated, 0.0)
+            grad_x = tile.backward_pass(masked)
+        return grad_x, torch.zeros_like(tile.ctx), None
