@@ -6,7 +6,11 @@
 #      autocast, the analog head's share of the step, the data pipeline's images/s;
 #   2. a 20-step smoke run of A12-resnet-finetune.py (ResNet18, TT-v1, random init, synthetic
 #      CIFAR-10 of 2,560 training images, i.e. 20 batches of 128) on GPU 0, resumed for a second
-#      epoch, then A12-table.py over it.
+#      epoch, then A12-table.py over it;
+#   3. the torch backend (plain PyTorch, analog tiles on the GPU): benchmarks/bench_resnet.py with
+#      --backend torch, benchmarks/bench_backends.py for the FCN and the CNN (one run and 9 and 27
+#      runs batched; tables written to the results folder), and a 1-epoch A12 smoke run with the
+#      head on the GPU.
 # Usage: benchmarks/gpu_check.sh [results folder] (default: a new temporary folder).
 # A dry run of the same steps on a CPU: CUDA_IDX=-1 IMAGE_SIZE=32 THREADS=1 WORKERS=0 benchmarks/gpu_check.sh
 set -euo pipefail
@@ -40,5 +44,18 @@ assert [r["epoch"] for r in rows] == [0, 1, 2], rows
 assert rows[2]["train_loss"] < rows[1]["train_loss"], "the training loss did not fall"
 print("smoke run OK:", [(r["epoch"], r["train_loss"], r["test_acc"]) for r in rows])
 PY
+# 3. the torch backend on the GPU
+"$py" benchmarks/bench_resnet.py --device "$device" --image-size "$size" --threads "$threads" \
+  --backend torch --settings "Analog SGD" TT-v1 --json "$dest/bench_resnet_torch.json" \
+  2>&1 | tee "$dest/bench_resnet_torch.txt"
+for model in fcn cnn; do
+  for runs in 9 27; do
+    "$py" benchmarks/bench_backends.py --model "$model" --device "$device" --no-aihwkit \
+      --runs "$runs" --steps 100 --repeats 2 --threads "$threads" --out "$dest" \
+      2>&1 | tee "$dest/bench_backends_${model}_${runs}.txt"
+    mv "$dest/bench_backends_${model}_${device}.md" "$dest/bench_backends_${model}_${device}_R${runs}.md"
+  done
+done
+"$py" A12-resnet-finetune.py "${flags[@]}" --backend torch --epochs 1 2>&1 | tee "$dest/smoke_run_torch.txt"
 rm -rf "$work"
 echo "results in $dest"

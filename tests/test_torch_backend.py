@@ -222,6 +222,28 @@ def test_batched_runs_equal_single_runs_in_floating_point():
         torch.testing.assert_close(a.get_weights()[1:2], b.get_weights(), rtol=1e-5, atol=1e-6)
 
 
+def test_floating_point_conv_is_torchs_conv_and_its_update_is_sgd():
+    """The unfold path: output and update of a floating-point AnalogConv2d (2 runs) are those of
+    F.conv2d and of SGD on its weight gradient (every (sample, patch) pair is an update vector)."""
+    from torch.nn import functional as F
+
+    conv = tnn.AnalogConv2d(3, 4, 3, [presets.rpu_config("FP SGD", 1.0)] * 2, padding=1)
+    weight, bias = torch.randn(2, 4, 3, 3, 3), torch.randn(2, 4)
+    conv.set_weights(weight, bias)
+    x = torch.randn(2 * 5, 3, 8, 8)
+    y = conv(x)
+    refs = [F.conv2d(x[5 * r:5 * r + 5], weight[r], bias[r], padding=1) for r in range(2)]
+    torch.testing.assert_close(y, torch.cat(refs), rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    conv.tile.apply_update(0.1)
+    for r in range(2):
+        w = weight[r].clone().requires_grad_(True)
+        F.conv2d(x[5 * r:5 * r + 5], w, bias[r], padding=1).backward(grad[5 * r:5 * r + 5])
+        torch.testing.assert_close(conv.get_weights()[r].view_as(w), weight[r] - 0.1 * w.grad,
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_initial_weights_are_those_of_the_aihwkit_backend():
     from utils.models import build_fcn
 

@@ -197,9 +197,10 @@ def _soft_bounds_mean(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_
 
 def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
                    c2c_var: Tensor, dw_min: Tensor, x: Tensor, d: Tensor, lr: Tensor,
-                   unit_noise: Tensor, desired_bl: int, bl_management: bool,
-                   update_management: bool, um_grad_scale: float) -> Tensor:
-    """The moment-matched pulsed update of one array (fused by torch.compile when it is on)."""
+                   octets: Tensor, desired_bl: int, bl_management: bool,
+                   update_management: bool, um_grad_scale: float) -> None:
+    """The moment-matched pulsed update of one array, in place (fused by torch.compile when it is
+    on). ``octets`` (:func:`random_bytes`, one per weight) supply the noise."""
     p, q, bl = pulse_probabilities(x, d, lr, dw_min, desired_bl, bl_management,
                                    update_management, um_grad_scale)
     mean_total, mean_signed, sq_total, sq_signed = count_moments(x, d, p, q, bl)
@@ -211,8 +212,8 @@ def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min
     a_up, a_down = s_up * (1 - new / b_max), s_down * (1 - new / b_min)
     var = (a_up * a_up * v_up + a_down * a_down * v_down
            + c2c_var * (s_up * s_up * n_up + s_down * s_down * n_down))
-    new = new + var.clamp(min=0).sqrt() * unit_noise
-    return torch.minimum(torch.maximum(new, b_min), b_max)
+    new = new + var.clamp(min=0).sqrt() * unit_noise(octets, w.shape)
+    w.copy_(torch.minimum(torch.maximum(new, b_min), b_max))
 
 
 _COMPILE = {"on": False}
@@ -248,15 +249,17 @@ def _fused(name: str, fn):
     return _COMPILED[name]
 
 
-def unit_noise(shape: torch.Size, device: torch.device) -> Tensor:
-    """Zero-mean, unit-variance noise, cheaply: uniform on 256 levels from random bytes (one 64-bit
-    draw per 7 values, ~6× faster than torch.randn on a CPU). Only its mean and variance matter to
-    the moment-matched update."""
-    n = math.prod(shape)
-    words = (n + 6) // 7
-    raw = torch.empty(words, dtype=torch.int64, device=device).random_(0, 2**56)
-    octets = raw.view(torch.uint8).view(words, 8)[:, :7].reshape(-1)[:n]
-    return (octets.view(shape).to(torch.float32) - 127.5) * (1 / 73.900271)
+def random_bytes(numel: int, device: torch.device) -> Tensor:
+    """``numel`` uniformly random bytes (uint8), from full-range int64 draws: one draw per 8."""
+    words = torch.empty((numel + 7) // 8, dtype=torch.int64, device=device).random_(-2**63, None)
+    return words.view(torch.uint8)[:numel]
+
+
+def unit_noise(octets: Tensor, shape: torch.Size) -> Tensor:
+    """Zero-mean, unit-variance noise of ``shape`` from :func:`random_bytes`, cheaply: uniform on
+    256 levels (~6× faster than torch.randn on a CPU, and fused into the update when compiled).
+    Only its mean and variance matter to the moment-matched update."""
+    return (octets.view(shape).to(torch.float32) - 127.5) * (1 / 73.900271)  # std of 0…255
 
 
 class SoftBoundsArray(nn.Module):
@@ -306,9 +309,9 @@ class SoftBoundsArray(nn.Module):
             self.weight.copy_(torch.minimum(torch.maximum(new, b_min), b_max))
         elif mode == "moment":
             lr_t = torch.tensor(lr, dtype=w.dtype, device=w.device)
-            self.weight.copy_(_fused("moment", _moment_update)(
+            _fused("moment", _moment_update)(
                 w, s_up, s_down, b_max, b_min, c2c_var, self.dw_min, x, d, lr_t,
-                unit_noise(w.shape, w.device), *flags))
+                random_bytes(w.numel(), w.device), *flags)
         else:
             raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
 
