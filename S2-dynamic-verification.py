@@ -25,7 +25,6 @@ import torch
 from tqdm import tqdm
 
 from utils import cli
-from utils.devices import least_squares_config
 from utils.dynamics import AnalogSGDDynamic, NoisySGD
 from utils.least_squares import DATA_SEED, RUN_SEED, make_problem, plateau, run_aihwkit, run_dynamic
 from utils.plotting import ema, save_figure
@@ -54,7 +53,23 @@ def parse_args(argv: list[str] | None = None):
                         "%(default)s)")
     cli.add_pulse_flags(p, DEFAULTS["desired_bl"])
     cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
+    p.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
+                   help="simulator of the pulsed curves: AIHWKit (default) or the torch backend "
+                        "(utils/analog_torch; figure and table get the suffix _torch)")
+    p.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
+                   help="torch backend's update mode (default: %(default)s)")
     return p.parse_args(argv)
+
+
+def simulator(args) -> tuple:
+    """(config builder, name in figure and table, file suffix) of --backend."""
+    if args.backend == "torch":
+        from utils.analog_torch.presets import least_squares_config
+
+        return least_squares_config, f"torch backend, {args.update_mode}", "_torch"
+    from utils.devices import least_squares_config
+
+    return least_squares_config, "AIHWKit", ""
 
 
 def weight_noise(problem, sigma: float) -> dict[str, float]:
@@ -66,6 +81,7 @@ def compute(args) -> dict:
     problem = make_problem("S2", seed=args.data_seed)
     w_noise = weight_noise(problem, args.sigma)
     curves = {}
+    least_squares_config = simulator(args)[0]
     for tau in tqdm(args.tau, desc="S2 runs (4 per τ)"):
         curves[f"{tau}/digital"] = run_dynamic(
             problem, lambda ps: NoisySGD(ps, lr=args.lr, sigma=args.sigma), args.steps, args.seed)
@@ -76,23 +92,25 @@ def compute(args) -> dict:
             rpu = least_squares_config(tau, tau / args.states, w_noise[match], args.desired_bl,
                                        subtract_symmetry_point=True)
             curves[f"{tau}/aihwkit-{match}"] = run_aihwkit(problem, rpu, args.lr, args.steps,
-                                                           seed=args.seed)
+                                                           seed=args.seed,
+                                                           update_mode=args.update_mode)
     return {"curves": curves, "w_noise": w_noise}
 
 
 def tracking_table(args, results: dict) -> str:
     curves, w_noise = results["curves"], results["w_noise"]
+    name = simulator(args)[1]
     lines = [
-        "# Figure 3: how closely AIHWKit tracks the Analog SGD dynamic",
+        f"# Figure 3: how closely the pulsed simulation ({name}) tracks the Analog SGD dynamic",
         "",
-        f"Plateau = mean f(W_k) − f* over the last 20 % of {args.steps} iterations; ratio = AIHWKit "
+        f"Plateau = mean f(W_k) − f* over the last 20 % of {args.steps} iterations; ratio = pulsed "
         f"plateau / dynamic plateau (1 = perfect tracking). α = {args.lr:g}, σ = {args.sigma:g}, "
         f"dw_min = τ/{args.states:g}, desired_bl = {args.desired_bl}, seed {args.seed}. "
-        f"AIHWKit weight noise: authors {w_noise['authors']:.4g}, variance-matched "
+        f"Weight noise: authors {w_noise['authors']:.4g}, variance-matched "
         f"{w_noise['variance']:.4g}.",
         "",
-        "| τ | digital SGD | Analog SGD dynamic | AIHWKit (authors' noise) | ratio | "
-        "AIHWKit (variance-matched) | ratio |",
+        f"| τ | digital SGD | Analog SGD dynamic | {name} (authors' noise) | ratio | "
+        f"{name} (variance-matched) | ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for tau in args.tau:
@@ -110,7 +128,7 @@ def plot(args, results: dict) -> None:
     fig, axes = plt.subplots(1, len(args.tau), figsize=(2.6 * len(args.tau), 2.3), squeeze=False,
                              sharey=True)
     styles = [("digital", "SGD dynamic", "o"), ("dynamic", "Analog SGD dynamic", "x"),
-              (f"aihwkit-{args.noise_match}", "Analog SGD (AIHWKit)", "d")]
+              (f"aihwkit-{args.noise_match}", f"Analog SGD ({simulator(args)[1]})", "d")]
     for ax, tau in zip(axes[0], args.tau, strict=True):
         for i, (key, label, marker) in enumerate(styles):
             ax.plot(ema(curves[f"{tau}/{key}"]["loss"], DEFAULTS["ema"]), color=f"C{i}",
@@ -119,19 +137,21 @@ def plot(args, results: dict) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("f(W_k) − f*")
     axes[0][0].legend(loc="upper left", bbox_to_anchor=(0, -0.3), ncol=3)
-    fig.suptitle(f"AIHWKit weight noise: {args.noise_match}", fontsize=8, y=1.04)
-    save_figure(fig, args.out, FIGURE)
+    fig.suptitle(f"{simulator(args)[1]} weight noise: {args.noise_match}", fontsize=8, y=1.04)
+    save_figure(fig, args.out, FIGURE + simulator(args)[2])
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S2-dynamic-verification", ignore=("noise_match",))
+    ignore = ("noise_match",) if args.backend == "torch" else ("noise_match", "backend",
+                                                                 "update_mode")
+    run = RunFolder.from_args(args, "S2-dynamic-verification", ignore=ignore)
     results = run.run_or_load(lambda: compute(args), args.force)
     table = tracking_table(args, results)
     print(table)
     atomic_write_bytes(run.path / "tracking.md", table.encode())
-    atomic_write_bytes(args.out / "tables" / "fig3_tracking.md", table.encode())
+    atomic_write_bytes(args.out / "tables" / f"fig3_tracking{simulator(args)[2]}.md", table.encode())
     plot(args, results)
 
 

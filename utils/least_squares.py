@@ -7,7 +7,8 @@ the training loss divided by d.
 
 Three kinds of run share one loop shape (record f(W_k), then one step, K steps, K + 1 records):
 - :func:`run_dynamic`: an ``nn.Linear`` trained by one of the optimizers of :mod:`utils.dynamics`;
-- :func:`run_aihwkit`: an ``AnalogLinear`` trained by AIHWKit's ``AnalogSGD`` (pulsed updates).
+- :func:`run_aihwkit`: an ``AnalogLinear`` trained by AIHWKit's ``AnalogSGD`` (pulsed updates), or
+  the same by the torch backend (utils.analog_torch).
 """
 
 from __future__ import annotations
@@ -135,32 +136,50 @@ def run_dynamic(problem: Problem, make_optimizer: Callable[[list[nn.Parameter]],
 
 def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int = RUN_SEED,
                 init_weight: Tensor | float | None = 0.0, init_bias: float = 0.0,
-                noisy_record: bool = False) -> dict[str, list[float]]:
-    """Analog SGD simulated by AIHWKit: ``AnalogLinear(d, 1)`` (digital bias) and ``AnalogSGD(lr)``.
+                noisy_record: bool = False, update_mode: str = "moment") -> dict[str, list[float]]:
+    """Analog SGD simulated by AIHWKit: ``AnalogLinear(d, 1)`` (digital bias) and ``AnalogSGD(lr)``;
+    or by the torch backend when ``rpu_config`` is one of its configs (in ``update_mode``).
 
     ``init_weight``: a constant or a (d,) tensor written to the tile with ``set_weights`` (which clips
     to the device bounds), or None to keep the layer's random default init. Records as
     :func:`run_dynamic`, from the tile's exact weights; with ``noisy_record`` also ``loss_noisy_read``,
     the loss measured through one more noisy analog forward (how the authors' S1 records it).
     """
-    from aihwkit.nn import AnalogLinear
-    from aihwkit.optim import AnalogSGD
-
     torch.manual_seed(seed)
-    model = AnalogLinear(problem.d, 1, bias=True, rpu_config=rpu_config)
-    if init_weight is None:
-        w0 = model.get_weights()[0]
+    if type(rpu_config).__module__.startswith("utils.analog_torch"):  # the torch backend
+        from utils.analog_torch.nn import AnalogLinear as TorchAnalogLinear
+        from utils.analog_torch.nn import AnalogSGD as TorchAnalogSGD
+
+        digital = nn.Linear(problem.d, 1)  # the default init of AIHWKit's AnalogLinear
+        model = TorchAnalogLinear(problem.d, 1, [rpu_config], update_mode=update_mode)
+        w0 = digital.weight.detach() if init_weight is None else (
+            torch.as_tensor(init_weight, dtype=torch.float32).expand(problem.d).reshape(1, -1))
+        model.set_weights(w0.clone()[None], torch.full((1, 1), float(init_bias)))
+        optimizer = TorchAnalogSGD(model.parameters(), lr=lr)
+
+        def weights() -> tuple[Tensor, Tensor]:
+            return model.get_weights()[0], model.bias[0].detach()
     else:
-        w0 = torch.as_tensor(init_weight, dtype=torch.float32).expand(problem.d).reshape(1, -1)
-    model.set_weights(w0.clone(), torch.full((1,), float(init_bias)))
-    optimizer = AnalogSGD(model.parameters(), lr=lr)
-    optimizer.regroup_param_groups(model)
+        from aihwkit.nn import AnalogLinear
+        from aihwkit.optim import AnalogSGD
+
+        model = AnalogLinear(problem.d, 1, bias=True, rpu_config=rpu_config)
+        if init_weight is None:
+            w0 = model.get_weights()[0]
+        else:
+            w0 = torch.as_tensor(init_weight, dtype=torch.float32).expand(problem.d).reshape(1, -1)
+        model.set_weights(w0.clone(), torch.full((1,), float(init_bias)))
+        optimizer = AnalogSGD(model.parameters(), lr=lr)
+        optimizer.regroup_param_groups(model)
+
+        def weights() -> tuple[Tensor, Tensor]:
+            return model.get_weights()
     rec: dict[str, list] = {"loss": [], "grad_norm_sq": [], "w_inf": []}
     if noisy_record:
         rec["loss_noisy_read"] = []
 
     def record() -> None:
-        weight, bias = model.get_weights()
+        weight, bias = weights()
         _curve_record(problem, weight, bias, rec)
         if noisy_record:
             with torch.no_grad():
