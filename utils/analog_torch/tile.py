@@ -12,11 +12,13 @@ A tile holds, for each of R runs, an ``out × in`` weight matrix on pulsed soft-
 
   - ``"pulse"``: every pulse train is drawn; the coincidence counts of each device are exact, and
     a device's up and down pulses of one mini-batch are applied through the closed form of n
-    soft-bounds pulses (exact for pulses of one sign; with both signs, their interleaving is
-    averaged: an O(dw_min²/τ) difference).
-  - ``"moment"``: the coincidence counts are replaced by Gaussians with their exact per-device
-    mean and variance, computed from four matrix products (no pulse trains), the step then
-    linearised: the same mean and variance of the update at about the cost of a digital step.
+    soft-bounds pulses (exact for pulses of one sign; with both signs their order, which AIHWKit
+    takes sample by sample, is averaged: at most ≈ n·dw_min/τ of the step).
+  - ``"moment"``: no pulse trains; the exact per-device mean and variance of the coincidence
+    counts come from four matrix products over the mini-batch, the closed form moves the weight
+    by the mean counts, and zero-mean noise of the matched variance (count noise through the
+    soft-bounds slope, plus the pulses' cycle-to-cycle noise) is added. With torch.compile
+    (:func:`set_compile`) the elementwise part is one fused loop.
 
 * Tiki-Taka v1 (TransferCompound): gradient pulses onto A at fast_lr, then each mini-batch a
   cyclic column read of A through ``transfer_forward`` written onto C by a pulsed update.
