@@ -331,6 +331,14 @@ def test_batched_script_writes_one_folder_per_run_and_resumes(mnist_root, tmp_pa
     res = train(mnist_root, tmp_path, *flags, "--epochs", "2")
     assert res.returncode == 0, res.stderr
     assert "resuming 4 run(s) after epoch 1" in res.stdout
+    # a third seed: the 4 finished runs are skipped, the 2 new ones train as a batch of 2
+    res = train(mnist_root, tmp_path, *flags, "2", "--epochs", "2")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("nothing to do") == 4
+    for name in ("TT-v1-tau=0.7", "TT-v1-tau=0.8"):
+        config = json.loads((tmp_path / "runs" / "MNIST-FCN-torch" / name / "seed2" /
+                             "config.json").read_text())
+        assert config["batched_runs"] == 2
     res = subprocess.run([sys.executable, "S4.1-plot-FCN.py", "--runs", str(tmp_path), "--out",
                           str(tmp_path), "--backend", "torch", "--tau", "0.7", "0.8"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
