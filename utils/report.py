@@ -130,7 +130,10 @@ class Provenance:
 def least_squares_provenance(root: Path, stem: str, where: Path) -> Provenance | None:
     from utils.plan import BUDGETS, script_module
 
-    folders = [p.parent for p in (root / "runs" / stem).glob("*/curves.json")]
+    folders = [p.parent for p in (root / "runs" / stem).glob("*/curves.json")
+               # the report's figures are AIHWKit's; S2 --backend torch runs have their own
+               if _read_json(p.parent / "config.json").get("config", {}).get("backend",
+                                                                          "aihwkit") == "aihwkit"]
     if not folders:
         return None
     newest = max(folders, key=lambda p: (p / "curves.json").stat().st_mtime)
