@@ -23,9 +23,16 @@ from matplotlib.ticker import NullFormatter
 from tqdm import tqdm
 
 from utils import cli
-from utils.devices import least_squares_config
 from utils.dynamics import NoisySGD
-from utils.least_squares import DATA_SEED, RUN_SEED, make_problem, run_aihwkit, run_dynamic
+from utils.least_squares import (
+    DATA_SEED,
+    RUN_SEED,
+    add_backend_flags,
+    make_problem,
+    pulsed_simulator,
+    run_aihwkit,
+    run_dynamic,
+)
 from utils.plotting import ema, save_figure
 from utils.results import RunFolder
 
@@ -53,16 +60,17 @@ def parse_args(argv: list[str] | None = None):
                         "weights; both are saved")
     cli.add_pulse_flags(p, DEFAULTS["desired_bl"], DEFAULTS["dw_min"])
     cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
+    add_backend_flags(p)
     return p.parse_args(argv)
 
 
 def compute(args) -> dict:
     problem = make_problem("S1", seed=args.data_seed)
-    rpu = least_squares_config(args.tau, args.dw_min, args.sigma, args.desired_bl)
+    rpu = pulsed_simulator(args).config(args.tau, args.dw_min, args.sigma, args.desired_bl)
     curves = {}
     for lr in tqdm(args.lr, desc="S1 runs (analog + digital per α)"):
         curves[f"analog/{lr}"] = run_aihwkit(problem, rpu, lr, args.steps, seed=args.seed,
-                                             noisy_record=True)
+                                             noisy_record=True, update_mode=args.update_mode)
         curves[f"digital/{lr}"] = run_dynamic(
             problem, lambda ps, lr=lr: NoisySGD(ps, lr=lr, sigma=args.sigma), args.steps,
             seed=args.seed)
@@ -97,15 +105,17 @@ def plot(args, curves: dict) -> None:
     ax_conv.legend(handles=handles, loc="lower left", bbox_to_anchor=(1, 0))
     ax_conv.set(yscale="log", xlabel="Iteration k", ylabel="f(W_k) − f*")
     ax_conv.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"Digital vs Analog SGD (AIHWKit), τ={args.tau:g}, σ={args.sigma:.2g}, "
+    sim = pulsed_simulator(args)
+    fig.suptitle(f"Digital vs Analog SGD ({sim.label}), τ={args.tau:g}, σ={args.sigma:.2g}, "
                  f"{args.steps} steps; analog error: {args.record}", fontsize=8)
-    save_figure(fig, args.out, FIGURE)
+    save_figure(fig, args.out, FIGURE + sim.suffix)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S1-SGD-diff-lr", ignore=("record",))
+    run = RunFolder.from_args(args, "S1-SGD-diff-lr",
+                              ignore=("record", *pulsed_simulator(args).ignore))
     plot(args, run.run_or_load(lambda: compute(args), args.force))
 
 

@@ -26,7 +26,16 @@ from tqdm import tqdm
 
 from utils import cli
 from utils.dynamics import AnalogSGDDynamic, NoisySGD
-from utils.least_squares import DATA_SEED, RUN_SEED, make_problem, plateau, run_aihwkit, run_dynamic
+from utils.least_squares import (
+    DATA_SEED,
+    RUN_SEED,
+    add_backend_flags,
+    make_problem,
+    plateau,
+    pulsed_simulator,
+    run_aihwkit,
+    run_dynamic,
+)
 from utils.plotting import ema, save_figure
 from utils.results import RunFolder, atomic_write_bytes
 
@@ -53,23 +62,8 @@ def parse_args(argv: list[str] | None = None):
                         "%(default)s)")
     cli.add_pulse_flags(p, DEFAULTS["desired_bl"])
     cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
-    p.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
-                   help="simulator of the pulsed curves: AIHWKit (default) or the torch backend "
-                        "(utils/analog_torch; figure and table get the suffix _torch)")
-    p.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
-                   help="torch backend's update mode (default: %(default)s)")
+    add_backend_flags(p)
     return p.parse_args(argv)
-
-
-def simulator(args) -> tuple:
-    """(config builder, name in figure and table, file suffix) of --backend."""
-    if args.backend == "torch":
-        from utils.analog_torch.presets import least_squares_config
-
-        return least_squares_config, f"torch backend, {args.update_mode}", "_torch"
-    from utils.devices import least_squares_config
-
-    return least_squares_config, "AIHWKit", ""
 
 
 def weight_noise(problem, sigma: float) -> dict[str, float]:
@@ -81,7 +75,7 @@ def compute(args) -> dict:
     problem = make_problem("S2", seed=args.data_seed)
     w_noise = weight_noise(problem, args.sigma)
     curves = {}
-    least_squares_config = simulator(args)[0]
+    least_squares_config = pulsed_simulator(args).config
     for tau in tqdm(args.tau, desc="S2 runs (4 per τ)"):
         curves[f"{tau}/digital"] = run_dynamic(
             problem, lambda ps: NoisySGD(ps, lr=args.lr, sigma=args.sigma), args.steps, args.seed)
@@ -99,7 +93,7 @@ def compute(args) -> dict:
 
 def tracking_table(args, results: dict) -> str:
     curves, w_noise = results["curves"], results["w_noise"]
-    name = simulator(args)[1]
+    name = pulsed_simulator(args).label
     lines = [
         f"# Figure 3: how closely the pulsed simulation ({name}) tracks the Analog SGD dynamic",
         "",
@@ -128,7 +122,7 @@ def plot(args, results: dict) -> None:
     fig, axes = plt.subplots(1, len(args.tau), figsize=(2.6 * len(args.tau), 2.3), squeeze=False,
                              sharey=True)
     styles = [("digital", "SGD dynamic", "o"), ("dynamic", "Analog SGD dynamic", "x"),
-              (f"aihwkit-{args.noise_match}", f"Analog SGD ({simulator(args)[1]})", "d")]
+              (f"aihwkit-{args.noise_match}", f"Analog SGD ({pulsed_simulator(args).label})", "d")]
     for ax, tau in zip(axes[0], args.tau, strict=True):
         for i, (key, label, marker) in enumerate(styles):
             ax.plot(ema(curves[f"{tau}/{key}"]["loss"], DEFAULTS["ema"]), color=f"C{i}",
@@ -137,21 +131,22 @@ def plot(args, results: dict) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("f(W_k) − f*")
     axes[0][0].legend(loc="upper left", bbox_to_anchor=(0, -0.3), ncol=3)
-    fig.suptitle(f"{simulator(args)[1]} weight noise: {args.noise_match}", fontsize=8, y=1.04)
-    save_figure(fig, args.out, FIGURE + simulator(args)[2])
+    fig.suptitle(f"{pulsed_simulator(args).label} weight noise: {args.noise_match}", fontsize=8,
+                 y=1.04)
+    save_figure(fig, args.out, FIGURE + pulsed_simulator(args).suffix)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    ignore = ("noise_match",) if args.backend == "torch" else ("noise_match", "backend",
-                                                                 "update_mode")
-    run = RunFolder.from_args(args, "S2-dynamic-verification", ignore=ignore)
+    run = RunFolder.from_args(args, "S2-dynamic-verification",
+                              ignore=("noise_match", *pulsed_simulator(args).ignore))
     results = run.run_or_load(lambda: compute(args), args.force)
     table = tracking_table(args, results)
     print(table)
     atomic_write_bytes(run.path / "tracking.md", table.encode())
-    atomic_write_bytes(args.out / "tables" / f"fig3_tracking{simulator(args)[2]}.md", table.encode())
+    atomic_write_bytes(args.out / "tables" / f"fig3_tracking{pulsed_simulator(args).suffix}.md",
+                       table.encode())
     plot(args, results)
 
 

@@ -20,8 +20,15 @@ import torch
 from tqdm import tqdm
 
 from utils import cli
-from utils.devices import least_squares_config
-from utils.least_squares import DATA_SEED, RUN_SEED, make_problem, plateau, run_aihwkit
+from utils.least_squares import (
+    DATA_SEED,
+    RUN_SEED,
+    add_backend_flags,
+    make_problem,
+    plateau,
+    pulsed_simulator,
+    run_aihwkit,
+)
 from utils.plotting import ema, save_figure
 from utils.results import RunFolder
 
@@ -44,6 +51,7 @@ def parse_args(argv: list[str] | None = None):
                    help="tile weights at the start: AnalogLinear's random default (authors) or 0")
     cli.add_pulse_flags(p, DEFAULTS["desired_bl"], DEFAULTS["dw_min"])
     cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
+    add_backend_flags(p)
     return p.parse_args(argv)
 
 
@@ -51,10 +59,11 @@ def compute(args) -> dict:
     problem = make_problem("S3.2", seed=args.data_seed)
     curves = {}
     for var in tqdm(args.sigma2, desc="S3.2 runs (one per σ²)"):
-        rpu = least_squares_config(args.tau, args.dw_min, math.sqrt(var), args.desired_bl,
-                                   subtract_symmetry_point=True)
+        rpu = pulsed_simulator(args).config(args.tau, args.dw_min, math.sqrt(var),
+                                            args.desired_bl, subtract_symmetry_point=True)
         curves[str(var)] = run_aihwkit(problem, rpu, args.lr, args.steps, seed=args.seed,
-                                       init_weight=None if args.init == "authors" else 0.0)
+                                       init_weight=None if args.init == "authors" else 0.0,
+                                       update_mode=args.update_mode)
     return curves
 
 
@@ -67,15 +76,15 @@ def plot(args, curves: dict) -> None:
                 markevery=max(1, args.steps // 8), label=f"σ²={var:g}")
     ax.legend(loc="lower left", bbox_to_anchor=(1, 0))
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
-           title=f"Analog SGD (AIHWKit), τ={args.tau:g}, init {args.init}")
+           title=f"Analog SGD ({pulsed_simulator(args).label}), τ={args.tau:g}, init {args.init}")
     ax.grid(True, which="both", alpha=0.3)
-    save_figure(fig, args.out, FIGURE)
+    save_figure(fig, args.out, FIGURE + pulsed_simulator(args).suffix)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S3.2-ablation-sigma")
+    run = RunFolder.from_args(args, "S3.2-ablation-sigma", ignore=pulsed_simulator(args).ignore)
     plot(args, run.run_or_load(lambda: compute(args), args.force))
 
 

@@ -23,8 +23,16 @@ from torch import nn
 from tqdm import tqdm
 
 from utils import cli
-from utils.devices import least_squares_config
-from utils.least_squares import DATA_SEED, RUN_SEED, Problem, make_problem, plateau, run_aihwkit
+from utils.least_squares import (
+    DATA_SEED,
+    RUN_SEED,
+    Problem,
+    add_backend_flags,
+    make_problem,
+    plateau,
+    pulsed_simulator,
+    run_aihwkit,
+)
 from utils.plotting import save_figure
 from utils.results import RunFolder
 
@@ -50,6 +58,7 @@ def parse_args(argv: list[str] | None = None):
                    help="weight-noise std (default: 0.01/sqrt(50) = %(default).4g)")
     cli.add_pulse_flags(p, DEFAULTS["desired_bl"], DEFAULTS["dw_min"])
     cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
+    add_backend_flags(p)
     return p.parse_args(argv)
 
 
@@ -76,30 +85,34 @@ def starting_points(args, problem: Problem) -> dict[str, tuple[torch.Tensor | fl
 
 def compute(args) -> dict:
     problem = make_problem("S3.3", seed=args.data_seed)
-    rpu = least_squares_config(args.tau, args.dw_min, args.sigma, args.desired_bl, managed_io=True)
+    rpu = pulsed_simulator(args).config(args.tau, args.dw_min, args.sigma, args.desired_bl,
+                                        managed_io=True)
     return {label: run_aihwkit(problem, rpu, args.lr, args.steps, seed=args.seed,
-                               init_weight=weight, init_bias=bias)
+                               init_weight=weight, init_bias=bias, update_mode=args.update_mode)
             for label, (weight, bias) in tqdm(starting_points(args, problem).items(),
                                               desc="S3.3 runs (one per start)")}
 
 
 def plot(args, curves: dict) -> None:
     fig, ax = plt.subplots(figsize=(4.4, 2.8))
-    for label, curve in curves.items():
+    # the order of the flags (a run read back from its JSON file has its keys sorted)
+    order = [f"W₀={c:g}" for c in args.init_constant] + [f"{n} GD steps" for n in args.warm_start]
+    for label in order:
+        curve = curves[label]
         print(f"{label:>12s}: start {curve['loss'][0]:.3e}, end (last 20 %) "
               f"{plateau(curve['loss']):.3e}")
         ax.plot(curve["loss"], label=label)
     ax.legend(loc="lower left", bbox_to_anchor=(1, 0), title="start")
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
-           title=f"Analog SGD (AIHWKit), τ={args.tau:g}")
+           title=f"Analog SGD ({pulsed_simulator(args).label}), τ={args.tau:g}")
     ax.grid(True, which="both", alpha=0.3)
-    save_figure(fig, args.out, FIGURE)
+    save_figure(fig, args.out, FIGURE + pulsed_simulator(args).suffix)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S3.3-ablation-init")
+    run = RunFolder.from_args(args, "S3.3-ablation-init", ignore=pulsed_simulator(args).ignore)
     plot(args, run.run_or_load(lambda: compute(args), args.force))
 
 

@@ -45,6 +45,20 @@ def test_script_writes_raw_results_and_figure(script, tmp_path):
     assert again.returncode == 0 and "reusing the finished run" in again.stdout
 
 
+@pytest.mark.parametrize("script", [s for s in TINY if s != "S3.1-ablation-tau.py"])
+def test_pulsed_curves_by_the_torch_backend(script, tmp_path):
+    """--backend torch: the same curves by utils/analog_torch, into figures named *_torch and a
+    run folder of their own (the AIHWKit run is not reused)."""
+    args, figure = TINY[script]
+    assert run(script, *args, "--out", tmp_path).returncode == 0
+    proc = run(script, *args, "--out", tmp_path, "--backend", "torch")
+    assert proc.returncode == 0, proc.stderr
+    assert "reusing" not in proc.stdout
+    assert (tmp_path / "figures" / f"{figure}_torch.png").stat().st_size > 1000
+    configs = [json.loads(p.read_text())["config"] for p in (tmp_path / "runs").glob("*/*/config.json")]
+    assert sorted(c.get("backend", "aihwkit") for c in configs) == ["aihwkit", "torch"]
+
+
 BAD = [
     ("S1-SGD-diff-lr.py", ["--tau", "0"], "must be > 0"),
     ("S1-SGD-diff-lr.py", ["--tau", "-3"], "must be > 0"),

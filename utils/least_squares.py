@@ -194,6 +194,41 @@ def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int =
     return rec
 
 
+@dataclass(frozen=True)
+class PulsedSimulator:
+    """The simulator of a least-squares script's pulsed curves (--backend): ``config`` builds its
+    RPU config (utils.devices.least_squares_config's signature), ``label`` names it in titles and
+    tables, ``suffix`` is appended to figure and table names, ``ignore`` lists the flags left out
+    of the run folder's name (so AIHWKit runs keep the folders they had before --backend existed)."""
+
+    config: Callable
+    label: str
+    suffix: str
+    ignore: tuple[str, ...]
+
+
+def add_backend_flags(parser) -> None:
+    """--backend and --update-mode of the least-squares scripts."""
+    parser.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
+                        help="simulator of the pulsed (analog) curves: AIHWKit (default) or the "
+                             "torch backend (utils/analog_torch); figure and table names get the "
+                             "suffix _torch")
+    parser.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
+                        help="torch backend's update mode (default: %(default)s)")
+
+
+def pulsed_simulator(args) -> PulsedSimulator:
+    """The :class:`PulsedSimulator` of a script's parsed --backend / --update-mode."""
+    if args.backend == "torch":
+        from utils.analog_torch.presets import least_squares_config
+
+        return PulsedSimulator(least_squares_config, f"torch backend, {args.update_mode}",
+                               "_torch", ())
+    from utils.devices import least_squares_config
+
+    return PulsedSimulator(least_squares_config, "AIHWKit", "", ("backend", "update_mode"))
+
+
 def amplification_factor(w_inf: list[float], tau: float) -> float:
     """S_K of Theorem 2: the mean over k of (‖W_k‖²_∞/τ²) / (1 − ‖W_k‖²_∞/τ²)."""
     ratios = torch.tensor(w_inf, dtype=torch.float64).square() / tau**2
