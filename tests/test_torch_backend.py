@@ -120,7 +120,7 @@ def test_update_mean_and_variance_match_aihwkit(mode):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 9, generator=g) * (torch.rand(4, 9, generator=g) > 0.3)
     d = torch.randn(4, 6, generator=g) * 0.2
-    theirs, ours = repeated_update(mode, 6000, x, d, lr=0.05)
+    theirs, ours = repeated_update(mode, 10000, x, d, lr=0.05)
     assert rel(ours.mean(0), theirs.mean(0)) < TOLERANCE
     assert rel(ours.var(0), theirs.var(0)) < TOLERANCE
 
@@ -129,7 +129,7 @@ def test_update_of_a_saturated_sample_matches_aihwkit():
     """One sample far beyond the pulse cap (k ≈ 150): the update is truncated at 31 pulses."""
     x = torch.tensor([[0.5, -0.2, 0.1]])
     d = torch.tensor([[3.0, -1.0, 0.5, 2.0]])
-    theirs, ours = repeated_update("moment", 4000, x, d, lr=0.05)
+    theirs, ours = repeated_update("moment", 8000, x, d, lr=0.05)
     assert rel(ours.mean(0), theirs.mean(0)) < TOLERANCE
     assert rel(ours.var(0), theirs.var(0)) < TOLERANCE
 
@@ -138,7 +138,7 @@ def test_tiki_taka_transfer_matches_aihwkit():
     """A step without gradient pulses is one transfer: column 0 of A, read through the noisy,
     quantised transfer IO, written onto C by pulses at transfer_lr × lr."""
     torch.manual_seed(2)
-    trials, out_size, in_size, lr = 4000, 6, 5, 0.05
+    trials, out_size, in_size, lr = 12000, 6, 5, 0.05
     config = devices.rpu_config("TT-v1", 0.7)
     _, tile = aihwkit_layer(config, in_size, out_size)
     hidden = tile.get_hidden_parameters()
@@ -173,7 +173,7 @@ def test_forward_and_backward_match_aihwkit():
     """Default IO (7-bit DAC, 9-bit ADC, output noise, ABS_MAX, ITERATIVE bound management); the
     last sample drives outputs past the ADC bound, so bound management acts."""
     torch.manual_seed(3)
-    trials, in_size, out_size = 3000, 40, 8
+    trials, in_size, out_size = 6000, 40, 8
     config = analog_sgd_config()
     layer, tile = aihwkit_layer(config, in_size, out_size)
     w = ((torch.rand(out_size, in_size) * 2 - 1) * 0.6).clamp(-0.45, 0.45)

@@ -296,10 +296,14 @@ class SoftBoundsArray(nn.Module):
         """Program the weights, clipped to each device's bounds (as AIHWKit's set_weights)."""
         self.weight.copy_(torch.minimum(torch.maximum(weight, self.min_bound), self.max_bound))
 
-    def update(self, x: Tensor, d: Tensor, lr: float, up: UpdateParameters, mode: str) -> None:
-        """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes)."""
-        w, s_up, s_down, b_max, b_min = (self.weight, self.scale_up, self.scale_down,
-                                         self.max_bound, self.min_bound)
+    def update(self, x: Tensor, d: Tensor, lr: float, up: UpdateParameters, mode: str,
+               column: int | None = None) -> None:
+        """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes).
+        With ``column``, x holds that one input (R, N, 1) and only that column of devices is
+        updated (a Tiki-Taka transfer)."""
+        cols = slice(None) if column is None else slice(column, column + 1)
+        w, s_up, s_down, b_max, b_min = (t[:, :, cols] for t in (
+            self.weight, self.scale_up, self.scale_down, self.max_bound, self.min_bound))
         c2c_var = self.dw_min_std.square()
         flags = (up.desired_bl, up.update_bl_management, up.update_management, up.um_grad_scale)
         if mode == "pulse":
@@ -308,7 +312,7 @@ class SoftBoundsArray(nn.Module):
             new = _soft_bounds_mean(w, s_up, s_down, b_max, b_min, n_up, n_down)
             var = c2c_var * (s_up.square() * n_up + s_down.square() * n_down)
             new = new + var.sqrt() * torch.randn_like(new)
-            self.weight.copy_(torch.minimum(torch.maximum(new, b_min), b_max))
+            w.copy_(torch.minimum(torch.maximum(new, b_min), b_max))
         elif mode == "moment":
             lr_t = torch.tensor(lr, dtype=w.dtype, device=w.device)
             _fused("moment", _moment_update)(
@@ -427,14 +431,17 @@ class AnalogTile(nn.Module):
         if int(self.batches_seen[0]) % every:
             return
         transfer_lr = compound.transfer_lr * (lr if compound.scale_transfer_lr else 1.0)
-        eye = torch.eye(self.in_size, device=x.device, dtype=x.dtype)
+        one = x.new_ones(self.runs, 1, 1)
         for _ in range(compound.n_reads_per_transfer):
-            col = self.transfer_column  # (R,)
-            onehot = eye[col].unsqueeze(1)  # (R, 1, in)
-            read = analog_mvm(self.fast.weight, onehot, compound.transfer_forward)  # (R, 1, out)
+            col = int(self.transfer_column[0])  # the runs of a batch step in lockstep
+            # reading column c with the one-hot input e_c through the transfer IO: the other
+            # inputs are 0, so this is the one-input pass of that column
+            read = analog_mvm(self.fast.weight[:, :, col:col + 1], one,
+                              compound.transfer_forward)  # (R, 1, out)
             # C ← C + transfer_lr·A[:, c]: a pulsed update with x = e_c and d = −A[:, c]
-            self.slow.update(onehot, -read, transfer_lr, compound.transfer_update, self.update_mode)
-            self.transfer_column.copy_((col + 1) % self.in_size)
+            self.slow.update(one, -read, transfer_lr, compound.transfer_update, self.update_mode,
+                             column=col)
+            self.transfer_column.fill_((col + 1) % self.in_size)
 
 
 class _TileFunction(torch.autograd.Function):
