@@ -356,8 +356,8 @@ def _train_group(indices: list[int], folders: list[Path], states: list[RunState]
     from utils.analog_torch.nn import AnalogSGD, batched_loss, run_state, stack_states
 
     runs, start = len(indices), states[0].epoch
+    model = build_model(indices)  # each run's initial weights from its own seed
     torch.manual_seed(seed)  # the pulse and noise draws of the whole batch
-    model = build_model(indices)
     if start >= 0:
         try:
             model.load_state_dict(stack_states([s.checkpoint["model_state_dict"] for s in states]))
