@@ -114,8 +114,8 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
     parser.add_argument("--seed", type=nonneg_int, nargs="+", default=[0],
                         help="torch seed of the initial weights and of the data order "
                              "(default: %(default)s). Several values train several runs")
-    add_backend_flags(parser, "OUT/runs/MNIST-<NET>-torch[-pulse]/; with torch, all runs of "
-                              "--tau × --seed train together")
+    add_backend_flags(parser, f"{BACKEND_HELP}; its runs go to OUT/runs/MNIST-<NET>-torch[-pulse]/, "
+                              "all runs of --tau × --seed together")
     parser.add_argument("--epochs", type=positive_int, default=epochs,
                         help="training epochs (default: %(default)s); a larger value continues a "
                              "finished run")
@@ -138,22 +138,26 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
                              "slower)")
 
 
-def add_backend_flags(parser: argparse.ArgumentParser, runs_folder: str) -> None:
-    """--backend, --update-mode and --no-compile of the training scripts (``runs_folder``: where
-    the torch backend's runs go, for the help text)."""
+BACKEND_HELP = ("aihwkit: AIHWKit's tiles (default); torch: the plain-PyTorch simulation of the "
+                "same devices and algorithms (utils/analog_torch), on any GPU, several runs "
+                "batched into one model")
+
+
+def add_backend_flags(parser: argparse.ArgumentParser, backend_help: str,
+                      compile_flag: bool = True) -> None:
+    """--backend, --update-mode and (``compile_flag``) --no-compile; ``backend_help`` says what
+    --backend means for the script (where its runs or figures go)."""
     parser.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
-                        help="aihwkit: AIHWKit's tiles (default); torch: the plain-PyTorch "
-                             "simulation of the same devices and algorithms (utils/analog_torch), "
-                             "on any GPU, several runs batched into one model; its runs go to "
-                             f"{runs_folder}")
+                        help=backend_help)
     parser.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
                         help="torch backend only: moment = the pulsed update's per-device mean and "
                              "variance from matrix products (fast, default); pulse = every pulse "
                              "train drawn (exact coincidence counts, slower)")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="torch backend only: do not fuse the moment-matched update with "
-                             "torch.compile (which needs a C++ compiler on a CPU and takes seconds "
-                             "once per tile shape)")
+    if compile_flag:
+        parser.add_argument("--no-compile", action="store_true",
+                            help="torch backend only: do not fuse the moment-matched update with "
+                                 "torch.compile (which needs a C++ compiler on a CPU and takes "
+                                 "seconds once per tile shape)")
 
 
 def torch_device(cuda: int, require_aihwkit_cuda: bool = True):

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from utils.analog_torch.presets import SETTINGS, TT_FAST_LR
 from utils.cli import (
+    BACKEND_HELP,
     DEFAULT_OUT,
     Parser,
     UserError,
@@ -168,7 +169,7 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-CUDA", "--CUDA", type=int, default=-1,
                    help="GPU index, or -1 for the CPU (default: %(default)s). With the CPU-only "
                         "AIHWKit of PyPI the backbone runs on the GPU and the analog head on the CPU")
-    add_backend_flags(p, f"OUT/runs/{EXPERIMENT}-torch[-pulse]/")
+    add_backend_flags(p, f"{BACKEND_HELP}; its runs go to OUT/runs/{EXPERIMENT}-torch[-pulse]/")
     p.add_argument("-save", "--save-checkpoint", action="store_true",
                    help="keep the final checkpoint as model.pt in the run folder")
     p.add_argument("--seed", type=nonneg_int, default=0,

@@ -209,12 +209,11 @@ class PulsedSimulator:
 
 def add_backend_flags(parser) -> None:
     """--backend and --update-mode of the least-squares scripts."""
-    parser.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
-                        help="simulator of the pulsed (analog) curves: AIHWKit (default) or the "
-                             "torch backend (utils/analog_torch); figure and table names get the "
-                             "suffix _torch")
-    parser.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
-                        help="torch backend's update mode (default: %(default)s)")
+    from utils.cli import add_backend_flags as add_flags
+
+    add_flags(parser, "simulator of the pulsed (analog) curves: AIHWKit (default) or the torch "
+                      "backend (utils/analog_torch); figure and table names get the suffix _torch",
+              compile_flag=False)
 
 
 def pulsed_simulator(args) -> PulsedSimulator:

@@ -215,12 +215,9 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
                    help="τ of the analog runs to draw (default: %(default)s)")
     p.add_argument("--smoothing", type=float, default=0.8,
                    help="EMA coefficient of the drawn curves, 0 = none (default: %(default)s)")
-    p.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
-                   help="whose runs to draw: AIHWKit's (MNIST-<NET>, default) or the torch "
-                        "backend's (MNIST-<NET>-torch[-pulse]); the figure and table names get "
-                        "the suffix _torch[_pulse]")
-    p.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
-                   help="with --backend torch: the update mode of the runs (default: %(default)s)")
+    cli.add_backend_flags(p, "whose runs to draw: AIHWKit's (MNIST-<NET>, default) or the torch "
+                             "backend's (MNIST-<NET>-torch[-pulse]); the figure and table names "
+                             "get the suffix _torch[_pulse]", compile_flag=False)
     args = p.parse_args(argv)
     taus = tuple(args.tau)
     backend = experiment_name(network, args.backend, args.update_mode)[len(f"MNIST-{network}"):]
