@@ -444,12 +444,17 @@ def _save_state(path: Path, epoch: int, model_state: dict, optimizer, scheduler)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def experiment_name(network: str, backend: str = "aihwkit", update_mode: str = "moment") -> str:
-    """The runs/ subfolder of an MNIST network: "MNIST-FCN" (AIHWKit), "MNIST-FCN-torch" (torch
-    backend, moment-matched updates), "MNIST-FCN-torch-pulse" (torch backend, exact pulses)."""
+def backend_suffix(backend: str = "aihwkit", update_mode: str = "moment") -> str:
+    """What the torch backend appends to an experiment's runs/ folder: "" (AIHWKit), "-torch"
+    (moment-matched updates), "-torch-pulse" (exact pulses)."""
     if backend == "aihwkit":
-        return f"MNIST-{network}"
-    return f"MNIST-{network}-torch" + ("-pulse" if update_mode == "pulse" else "")
+        return ""
+    return "-torch" + ("-pulse" if update_mode == "pulse" else "")
+
+
+def experiment_name(network: str, backend: str = "aihwkit", update_mode: str = "moment") -> str:
+    """The runs/ subfolder of an MNIST network: "MNIST-FCN", "MNIST-FCN-torch", "MNIST-FCN-torch-pulse"."""
+    return f"MNIST-{network}{backend_suffix(backend, update_mode)}"
 
 
 def train_mnist(args: argparse.Namespace, network: str) -> None:

@@ -239,10 +239,11 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validate the flags, load the weights and CIFAR-10, train. Every check that can fail runs
     before the run folder is touched."""
     from utils.data import CifarImages, ImageLoader, load_cifar10
-    from utils.engine import run_name, train
+    from utils.engine import backend_suffix, run_name, train
     from utils.models import build_resnet, load_backbone_weights
 
     torch_backend = args.backend == "torch"
+    suffix = backend_suffix(args.backend, args.update_mode)
     device = torch_device(args.CUDA, require_aihwkit_cuda=False)
     gpu = device.type == "cuda"
     if torch_backend or not gpu:
@@ -260,13 +261,12 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         set_compile(not args.no_compile)
         config = resolve(setting, tau, dw_min=tau / DW_MIN_STATES)
-        update_mode, suffix = args.update_mode, "-torch" + ("-pulse" if args.update_mode == "pulse"
-                                                             else "")
+        update_mode = args.update_mode
     else:
         from utils.devices import rpu_config
 
         config = rpu_config(setting, tau, dw_min=tau / DW_MIN_STATES)
-        update_mode, suffix = None, ""
+        update_mode = None
     download = not args.no_download
     weights = load_backbone_weights(args.model, args.weights, download=download)
     data = load_cifar10(args.data_root, download=download)

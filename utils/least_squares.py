@@ -146,14 +146,15 @@ def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int =
     the loss measured through one more noisy analog forward (how the authors' S1 records it).
     """
     torch.manual_seed(seed)
+    given = (None if init_weight is None else
+             torch.as_tensor(init_weight, dtype=torch.float32).expand(problem.d).reshape(1, -1))
     if type(rpu_config).__module__.startswith("utils.analog_torch"):  # the torch backend
         from utils.analog_torch.nn import AnalogLinear as TorchAnalogLinear
         from utils.analog_torch.nn import AnalogSGD as TorchAnalogSGD
 
         digital = nn.Linear(problem.d, 1)  # the default init of AIHWKit's AnalogLinear
         model = TorchAnalogLinear(problem.d, 1, [rpu_config], update_mode=update_mode)
-        w0 = digital.weight.detach() if init_weight is None else (
-            torch.as_tensor(init_weight, dtype=torch.float32).expand(problem.d).reshape(1, -1))
+        w0 = digital.weight.detach() if given is None else given
         model.set_weights(w0.clone()[None], torch.full((1, 1), float(init_bias)))
         optimizer = TorchAnalogSGD(model.parameters(), lr=lr)
 
@@ -164,10 +165,7 @@ def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int =
         from aihwkit.optim import AnalogSGD
 
         model = AnalogLinear(problem.d, 1, bias=True, rpu_config=rpu_config)
-        if init_weight is None:
-            w0 = model.get_weights()[0]
-        else:
-            w0 = torch.as_tensor(init_weight, dtype=torch.float32).expand(problem.d).reshape(1, -1)
+        w0 = model.get_weights()[0] if given is None else given
         model.set_weights(w0.clone(), torch.full((1,), float(init_bias)))
         optimizer = AnalogSGD(model.parameters(), lr=lr)
         optimizer.regroup_param_groups(model)

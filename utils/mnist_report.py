@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 
 from utils import cli, results
-from utils.engine import experiment_name, run_name
+from utils.engine import backend_suffix, run_name
 from utils.plotting import ema, plt, save_figure
 
 NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
@@ -220,7 +220,7 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
                              "get the suffix _torch[_pulse]", compile_flag=False)
     args = p.parse_args(argv)
     taus = tuple(args.tau)
-    backend = experiment_name(network, args.backend, args.update_mode)[len(f"MNIST-{network}"):]
+    backend = backend_suffix(args.backend, args.update_mode)
     curves, missing = load_panel(args.runs, network, taus, backend)
     if not curves:
         cli.fail(f"no MNIST-{network}{backend} runs under {args.runs / 'runs'}; train them first "

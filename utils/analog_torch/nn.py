@@ -163,7 +163,7 @@ def analog_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def analog_tiles(model: nn.Module) -> list[AnalogTile]:
-    return [t for m in model.modules() if isinstance(m, AnalogTile) for t in [m]]
+    return [m for m in model.modules() if isinstance(m, AnalogTile)]
 
 
 # --- the MNIST networks -------------------------------------------------------------------------------
