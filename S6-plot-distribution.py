@@ -13,6 +13,10 @@ each device's own bounds (for Tiki-Taka: its main array C). Writes
 results/figures/fig7_weight_distribution.{png,pdf} and results/tables/fig7_saturation.md.
 
     python S6-plot-distribution.py
+
+With ``--backend torch [--update-mode pulse]`` it reads the torch backend's runs instead (trained
+with the same flags plus ``--backend torch``; runs/MNIST-FCN-torch[-pulse]/) and writes
+fig7_weight_distribution_torch[_pulse] and fig7_saturation_torch[_pulse].md.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 
 from utils import cli
-from utils.engine import load_model_state, run_folder
+from utils.engine import backend_suffix, experiment_name, load_model_state, run_folder
 from utils.plotting import plt, save_figure
 from utils.results import atomic_write_bytes
 
@@ -40,17 +44,28 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--tau", type=cli.positive_float, default=0.7,
                    help="τ of the analog checkpoints (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the runs to read (default: 0)")
+    cli.add_backend_flags(p, "whose runs to read: AIHWKit's (runs/MNIST-FCN, default) or the torch "
+                          "backend's (runs/MNIST-FCN-torch[-pulse]); the outputs of torch get the "
+                          "suffix _torch[_pulse]", compile_flag=False)
     return p.parse_args(argv)
 
 
-def load_fcn(path: Path, setting: str, tau: float):
-    from utils.devices import rpu_config
-    from utils.models import build_fcn
-
+def load_fcn(path: Path, setting: str, tau: float, args):
+    """The FCN of a checkpoint, rebuilt with its configuration, on either backend."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        model = build_fcn(rpu_config(setting, tau))
-        load_model_state(model, ckpt["model_state_dict"])
+        if args.backend == "torch":
+            from utils.analog_torch.nn import build_fcn
+            from utils.analog_torch.presets import resolve
+
+            model = build_fcn([resolve(setting, tau)], [args.seed], args.update_mode)
+            model.load_state_dict(ckpt["model_state_dict"])
+        else:
+            from utils.devices import rpu_config
+            from utils.models import build_fcn
+
+            model = build_fcn(rpu_config(setting, tau))
+            load_model_state(model, ckpt["model_state_dict"])
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         cli.fail(f"{path}: not a readable FCN checkpoint of {setting} ({type(err).__name__}); "
                  "retrain it with --save-checkpoint")
@@ -58,20 +73,40 @@ def load_fcn(path: Path, setting: str, tau: float):
 
 
 def weight_values(model) -> np.ndarray:
-    return np.concatenate([layer.get_weights()[0].flatten().numpy()
-                           for layer in model.analog_layers()])
+    """Every analog weight as the layer applies it (times its tile's learned output scale)."""
+    if hasattr(model, "analog_layers"):  # AIHWKit
+        return np.concatenate([layer.get_weights()[0].flatten().numpy()
+                               for layer in model.analog_layers()])
+    from utils.analog_torch.nn import analog_layers
+
+    values = []
+    for layer in analog_layers(model):
+        for k, tile in enumerate(layer.tiles):
+            scale = 1.0 if layer.out_scaling is None else float(layer.out_scaling[k][0])
+            values.append((tile.weight[0] * scale).flatten().detach().numpy())
+    return np.concatenate(values)
+
+
+def device_states(model, setting: str):
+    """(weights, upper bounds, lower bounds) of every tile's devices; Tiki-Taka: its main array C."""
+    if hasattr(model, "analog_tiles"):  # AIHWKit
+        suffix = "_1" if setting == "TT-v1" else ""  # C is device 1
+        for tile in model.analog_tiles():
+            hidden = tile.get_hidden_parameters()
+            w = hidden["hidden_weights_1"] if suffix else tile.tile.get_weights()
+            yield w, hidden[f"max_bound{suffix}"], hidden[f"min_bound{suffix}"]
+        return
+    from utils.analog_torch.nn import analog_tiles
+
+    for tile in analog_tiles(model):
+        array = tile.slow if setting == "TT-v1" else tile.array
+        yield array.weight[0], array.max_bound[0], array.min_bound[0]
 
 
 def saturation(model, setting: str) -> np.ndarray:
     """|w| relative to the bound it moves towards, per device, from the raw tile weights."""
-    suffix = "_1" if setting == "TT-v1" else ""  # Tiki-Taka: the main array C (device 1)
-    values = []
-    for tile in model.analog_tiles():
-        hidden = tile.get_hidden_parameters()
-        w = hidden["hidden_weights_1"] if suffix else tile.tile.get_weights()
-        upper, lower = hidden[f"max_bound{suffix}"], hidden[f"min_bound{suffix}"]
-        values.append(torch.where(w >= 0, w / upper, w / lower).flatten().numpy())
-    sat = np.concatenate(values)
+    sat = np.concatenate([torch.where(w >= 0, w / upper, w / lower).flatten().numpy()
+                          for w, upper, lower in device_states(model, setting)])
     if sat.max() > 1 + 1e-5:
         cli.fail(f"{setting}: a weight lies beyond its device bound (saturation {sat.max():.3f})")
     return sat
@@ -79,14 +114,18 @@ def saturation(model, setting: str) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    paths = {s: run_folder(args.runs, "MNIST-FCN", s, args.tau, args.seed) / "model.pt" for s in RUNS}
+    experiment = experiment_name("FCN", args.backend, args.update_mode)
+    suffix = backend_suffix(args.backend, args.update_mode).replace("-", "_")
+    paths = {s: run_folder(args.runs, experiment, s, args.tau, args.seed) / "model.pt" for s in RUNS}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
+        flags = "" if args.backend == "aihwkit" else f" --backend torch --update-mode {args.update_mode}"
         cli.fail(f"missing checkpoint(s): {', '.join(missing)}; make them with S4.1-mnist-FCN.py "
-                 "--save-checkpoint (see the docstring)")
-    models = {s: load_fcn(p, s, args.tau) for s, p in paths.items()}
+                 f"--save-checkpoint{flags} (see the docstring)")
+    models = {s: load_fcn(p, s, args.tau, args) for s, p in paths.items()}
     fig, (ax_w, ax_s) = plt.subplots(1, 2, figsize=(8.0, 3.0), gridspec_kw={"wspace": 0.3})
-    lines = ["# Figure 7: saturation of the trained FCN's devices", "",
+    engine = f", {suffix.strip('_').replace('_', ' ')} backend" if suffix else ""
+    lines = ["# Figure 7: saturation of the trained FCN's devices" + engine, "",
              f"τ = {args.tau:g}, seed {args.seed}. Saturation = |w| / the bound it moves towards, "
              "per device (Assumption 4's W_max/τ is the max).", "",
              "| algorithm | weights | mean saturation | 99th percentile | max | max \\|W\\| |",
@@ -105,9 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     ax_s.set(xlim=(0, 1), xlabel="Saturation |w| / bound", ylabel="Density")
     for ax in (ax_w, ax_s):
         ax.legend()
-    save_figure(fig, args.out, FIGURE)
+    save_figure(fig, args.out, FIGURE + suffix)
     table = "\n".join(lines) + "\n"
-    atomic_write_bytes(Path(args.out) / "tables" / "fig7_saturation.md", table.encode())
+    atomic_write_bytes(Path(args.out) / "tables" / f"fig7_saturation{suffix}.md", table.encode())
     print(table)
 
 

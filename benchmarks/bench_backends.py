@@ -3,14 +3,16 @@ mode, one run and R runs batched), on the same mini-batches, in one process.
 
     python benchmarks/bench_backends.py [--model fcn|cnn] [--setting "Analog SGD"] [--steps 200]
                                         [--runs 9] [--threads 1] [--device cpu|cuda]
-                                        [--no-aihwkit] [--out results/tables]
+                                        [--data-root data] [--no-aihwkit] [--out results/tables]
 
 Each variant trains the same network ``steps`` mini-batches (after ``warmup`` steps, which also
 absorb torch.compile's one-off compilation), ``repeats`` times alternately; the minimum per step
 is kept. "per run" divides a batched step by R. The epoch column extrapolates 60,000 training
 images at the authors' batch size (FCN 10, CNN 8). Writes a Markdown table (``--out``) with the
-ratios to AIHWKit, the machine and the settings. Uses random images (the cost of a step does not
-depend on the pixel values).
+ratios to AIHWKit, the machine and the settings. The mini-batches are real MNIST training images
+when MNIST is in ``--data-root`` (the torch backend skips the input lines that are zero in a whole
+mini-batch, so its cost depends on the images; AIHWKit's hardly does), else uniform random images,
+which the title then says (no line is ever zero: the torch backend's slowest case).
 """
 
 from __future__ import annotations
@@ -34,11 +36,27 @@ TRAIN_IMAGES = 60_000
 TAU = 0.7
 
 
-def batches(model: str, runs: int, steps: int, device: torch.device):
+def images(root: Path, count: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``count`` training images and labels: MNIST's first ones if it is in ``root``, else
+    uniform random ones. Also says which."""
+    from utils.data import find_files, load_mnist
+
+    if find_files(root) is not None:
+        train = load_mnist(root, download=False).train
+        reps = -(-count // len(train))
+        return (train.images.repeat(reps, 1, 1, 1)[:count],
+                train.labels.repeat(reps)[:count], "MNIST training images")
     g = torch.Generator().manual_seed(0)
+    return (torch.rand(count, 1, 28, 28, generator=g), torch.randint(0, 10, (count,), generator=g),
+            f"uniform random images (no MNIST in {root})")
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, model: str, runs: int, steps: int,
+            device: torch.device):
+    """``steps`` mini-batches of R runs × the model's batch size, consecutive images."""
     n = BATCH[model] * runs
-    return [(torch.rand(n, 1, 28, 28, generator=g).to(device),
-             torch.randint(0, 10, (n,), generator=g).to(device)) for _ in range(steps)]
+    return [(x[i * n:(i + 1) * n].to(device), y[i * n:(i + 1) * n].to(device))
+            for i in range(steps)]
 
 
 def aihwkit_variant(model: str, setting: str):
@@ -93,6 +111,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=9, help="R of the batched variant (default: 9)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="device of the torch backend (default: cpu)")
+    p.add_argument("--data-root", type=Path, default=Path("data"),
+                   help="where MNIST is (default: data); without it, random images are used")
     p.add_argument("--no-aihwkit", action="store_true", help="skip AIHWKit (e.g. on a GPU machine "
                    "without it); ratios are then to the torch backend's one-run moment mode")
     p.add_argument("--no-compile", action="store_true", help="do not fuse the update (torch.compile)")
@@ -102,7 +122,9 @@ def main() -> None:
     set_compile(not args.no_compile)
     device = torch.device(args.device)
     steps = args.warmup + args.steps
-    one = batches(args.model, 1, steps, torch.device("cpu"))
+    x, y, source = images(args.data_root, steps * BATCH[args.model] * args.runs)
+    print(f"mini-batches: {source}")
+    one = batches(x, y, args.model, 1, steps, torch.device("cpu"))
     variants = {}
     if not args.no_aihwkit:
         variants["AIHWKit (CPU)"] = (aihwkit_variant(args.model, args.setting), one, 1)
@@ -112,7 +134,7 @@ def main() -> None:
             torch_variant(args.model, args.setting, mode, 1, device), one_dev, 1)
     variants[f"torch moment, {args.runs} runs batched"] = (
         torch_variant(args.model, args.setting, "moment", args.runs, device),
-        batches(args.model, args.runs, steps, device), args.runs)
+        batches(x, y, args.model, args.runs, steps, device), args.runs)
     best = {name: float("inf") for name in variants}
     for r in range(args.repeats):
         for name, (step, data, _) in variants.items():
@@ -122,7 +144,7 @@ def main() -> None:
     per_run = {name: best[name] / variants[name][2] for name in variants}
     steps_per_epoch = TRAIN_IMAGES // BATCH[args.model]
     title = (f"{args.model.upper()}, {args.setting}, τ = {TAU}, batch {BATCH[args.model]}, "
-             f"{args.threads} thread(s), torch backend on {device}"
+             f"{args.threads} thread(s), {source.split(' (')[0]}, torch backend on {device}"
              f"{'' if args.no_compile else ' (update fused by torch.compile)'}")
     lines = [f"# Backend speed: {title}", "",
              f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "

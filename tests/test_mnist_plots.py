@@ -102,3 +102,34 @@ def test_weight_distribution_reports_missing_and_corrupt_checkpoints(tmp_path):
     assert proc.returncode == 2 and "not a readable FCN checkpoint" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def save_untrained_torch_fcn(root: Path, setting: str, tau: float) -> None:
+    from utils.analog_torch.nn import build_fcn
+    from utils.analog_torch.presets import resolve
+
+    model = build_fcn([resolve(setting, tau)], [0])
+    path = run_folder(root, "MNIST-FCN-torch", setting, tau, 0) / "model.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": 0, "model_state_dict": model.state_dict()}, path)
+
+
+def test_weight_distribution_of_the_torch_backend(tmp_path):
+    """The same initial weights and device statistics as AIHWKit's (test above): the same mean
+    saturation, read from the torch backend's own arrays; outputs get the suffix _torch."""
+    for setting in ("FP SGD", "Analog SGD", "TT-v1"):
+        save_untrained_torch_fcn(tmp_path, setting, 0.7)
+    proc = run("S6-plot-distribution.py", "--runs", tmp_path, "--out", tmp_path, "--backend", "torch")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "figures" / "fig7_weight_distribution_torch.pdf").stat().st_size > 1000
+    table = (tmp_path / "tables" / "fig7_saturation_torch.md").read_text()
+    assert "torch backend" in table.splitlines()[0]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines()
+            if line.startswith("| Analog SGD") or line.startswith("| Tiki-Taka")}
+    mean_saturation, p99, max_saturation = (float(x) for x in rows["Analog SGD"][3:6])
+    assert 0.025 < mean_saturation < 0.045 and p99 < 0.2 and max_saturation <= 1.0
+    assert int(rows["Analog SGD"][2]) == 784 * 256 + 256 * 128 + 128 * 10
+    proc = run("S6-plot-distribution.py", "--runs", tmp_path, "--out", tmp_path, "--backend", "torch",
+               "--update-mode", "pulse")
+    assert proc.returncode == 2 and "MNIST-FCN-torch-pulse" in proc.stderr
+    assert "--backend torch --update-mode pulse" in proc.stderr

@@ -115,10 +115,12 @@ def repeated_update(mode: str, trials: int, x: torch.Tensor, d: torch.Tensor, lr
 
 @pytest.mark.parametrize("mode", ["moment", "pulse"])
 def test_update_mean_and_variance_match_aihwkit(mode):
-    """MNIST-like: 4 samples of non-negative inputs (some zero), errors up to ~0.5, lr 0.05:
-    some samples hit the 31-pulse cap."""
+    """MNIST-like: 4 samples of non-negative inputs (some zero, and two inputs zero in every
+    sample, so the update skips their lines), errors up to ~0.5, lr 0.05: some samples hit the
+    31-pulse cap."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 9, generator=g) * (torch.rand(4, 9, generator=g) > 0.3)
+    x[:, [2, 6]] = 0
     d = torch.randn(4, 6, generator=g) * 0.2
     theirs, ours = repeated_update(mode, 10000, x, d, lr=0.05)
     assert rel(ours.mean(0), theirs.mean(0)) < TOLERANCE
@@ -285,13 +287,35 @@ def test_compiled_update_equals_eager():
             tile = AnalogTile(7, 9, [config] * 2)
             tile.set_weights(torch.full((2, 7, 9), 0.1))
             torch.manual_seed(0)
-            tile.stash(torch.rand(2, 5, 9), torch.randn(2, 5, 7) * 0.1)
+            x = torch.rand(2, 5, 9)
+            x[:, :, 3] = 0  # a line that is skipped
+            tile.stash(x, torch.randn(2, 5, 7) * 0.1)
             tile.apply_update(0.05)
             outs.append(tile.weight.clone())
         finally:
             set_compile(False)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-7)
     assert float((outs[0] - 0.1).abs().max()) > 0
+
+
+@pytest.mark.parametrize("mode", ["moment", "pulse"])
+def test_lines_without_input_are_skipped_and_left_exactly_as_they_are(mode):
+    """Run 0 sees inputs 1 and 4 zero throughout, run 1 only input 4: the skipped devices keep
+    their weights bit for bit; every device on a line with input moves."""
+    torch.manual_seed(0)
+    tile = AnalogTile(6, 8, [presets.rpu_config("Analog SGD", 0.7)] * 2, update_mode=mode)
+    w0 = torch.rand(2, 6, 8) * 0.4 - 0.2
+    tile.set_weights(w0)
+    w0 = tile.weight.clone()
+    x = torch.rand(2, 3, 8) + 0.5
+    x[0, :, 1] = 0
+    x[:, :, 4] = 0
+    tile.stash(x, torch.randn(2, 3, 6) * 2)  # large errors: every live device gets pulses
+    tile.apply_update(0.05)
+    moved = tile.weight != w0
+    live = (x != 0).any(dim=1)  # (R, in)
+    assert not moved[0][:, [1, 4]].any() and not moved[1][:, 4].any()
+    assert bool(moved.transpose(1, 2)[live].all())
 
 
 # --- the scripts ---------------------------------------------------------------------------------

@@ -146,16 +146,16 @@ def pulse_probabilities(x: Tensor, d: Tensor, lr: Tensor | float, dw_min: Tensor
 
 
 def _pair(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_k a_k ⊗ b_k over samples: a (R, K, out), b (R, K, in) → (R, out, in)."""
+    """Σ_k a_k ⊗ b_k over samples: a (R, K, m), b (R, K, n) → (R, m, n)."""
     return torch.matmul(a.transpose(-1, -2), b)
 
 
 def sample_counts(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor) -> tuple[Tensor, Tensor]:
-    """Draw every pulse train; return the exact (up, down) coincidence counts of each device.
-    A device moves up where x_j·d_i < 0 (W ← W − lr·d xᵀ)."""
+    """Draw every pulse train; return the exact (up, down) coincidence counts of each device,
+    input-major (R, in, out). A device moves up where x_j·d_i < 0 (W ← W − lr·d xᵀ)."""
     slots = int(bl.max().item()) if bl.numel() else 0
     if slots == 0:
-        zero = x.new_zeros(x.shape[0], d.shape[-1], x.shape[-1])
+        zero = x.new_zeros(x.shape[0], x.shape[-1], d.shape[-1])
         return zero, zero
     active = (torch.arange(slots, device=x.device) < bl).unsqueeze(-1)  # (R, N, T, 1)
     xb = ((torch.rand(*p.shape[:2], slots, p.shape[-1], device=x.device, dtype=x.dtype)
@@ -163,9 +163,9 @@ def sample_counts(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor) -> tup
     db = ((torch.rand(*q.shape[:2], slots, q.shape[-1], device=x.device, dtype=x.dtype)
            < q.unsqueeze(2)) & active).to(x.dtype)
     R = x.shape[0]
-    signed = _pair((db * d.sign().unsqueeze(2)).reshape(R, -1, q.shape[-1]),
-                   (xb * x.sign().unsqueeze(2)).reshape(R, -1, p.shape[-1]))
-    total = _pair(db.reshape(R, -1, q.shape[-1]), xb.reshape(R, -1, p.shape[-1]))
+    signed = _pair((xb * x.sign().unsqueeze(2)).reshape(R, -1, p.shape[-1]),
+                   (db * d.sign().unsqueeze(2)).reshape(R, -1, q.shape[-1]))
+    total = _pair(xb.reshape(R, -1, p.shape[-1]), db.reshape(R, -1, q.shape[-1]))
     return (total - signed) / 2, (total + signed) / 2
 
 
@@ -173,13 +173,13 @@ def count_moments(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor) -> tup
     """Sums over samples that give the exact mean and variance of each device's (up, down)
     coincidence counts (a sample's count is Binomial(bl, p_j q_i), independent across samples),
     from one batched matrix product: (Σ bl·q p, Σ bl·q p·s, Σ bl·q²p², Σ bl·q²p²·s) with s = +1
-    for a down pulse (x_j d_i > 0) and −1 for an up pulse."""
+    for a down pulse (x_j d_i > 0) and −1 for an up pulse; each input-major (R, in, out)."""
     sx, sd = x.sign(), d.sign()
     qb, p2 = q * bl, p.square()
     q2b = q * qb
-    left = torch.cat([qb, qb * sd, q2b, q2b * sd])   # (4R, N, out)
-    right = torch.cat([p, p * sx, p2, p2 * sx])      # (4R, N, in)
-    return _pair(left, right).chunk(4)
+    inputs = torch.cat([p, p * sx, p2, p2 * sx])      # (4R, N, in)
+    outputs = torch.cat([qb, qb * sd, q2b, q2b * sd])  # (4R, N, out)
+    return _pair(inputs, outputs).chunk(4)
 
 
 def _soft_bounds_mean(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
@@ -197,12 +197,28 @@ def _soft_bounds_mean(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_
     return w * decay + gain * drive
 
 
+def _rows(t: Tensor, rows: Tensor | None) -> Tensor:
+    """The input lines ``rows`` (R, K) of an input-major array (R, in, out); all if None."""
+    return t if rows is None else t.gather(1, rows.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+
+def _store(w: Tensor, new: Tensor, rows: Tensor | None) -> None:
+    """Write ``new`` back into the input lines ``rows`` of ``w`` (all of them if None)."""
+    if rows is None:
+        w.copy_(new)
+    else:
+        w.scatter_(1, rows.unsqueeze(-1).expand(-1, -1, w.shape[-1]), new)
+
+
 def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
                    c2c_var: Tensor, dw_min: Tensor, x: Tensor, d: Tensor, lr: Tensor,
-                   octets: Tensor, desired_bl: int, bl_management: bool,
+                   octets: Tensor, rows: Tensor | None, desired_bl: int, bl_management: bool,
                    update_management: bool, um_grad_scale: float) -> None:
-    """The moment-matched pulsed update of one array, in place (fused by torch.compile when it is
-    on). ``octets`` (:func:`random_bytes`, one per weight) supply the noise."""
+    """The moment-matched pulsed update of one input-major array (R, in, out), in place, on the
+    input lines ``rows`` (R, K) only (all if None; x is then (R, N, K)); fused by torch.compile
+    when it is on. ``octets`` (:func:`random_bytes`, one per updated device) supply the noise."""
+    w_all = w
+    w, s_up, s_down, b_max, b_min = (_rows(t, rows) for t in (w, s_up, s_down, b_max, b_min))
     p, q, bl = pulse_probabilities(x, d, lr, dw_min, desired_bl, bl_management,
                                    update_management, um_grad_scale)
     mean_total, mean_signed, sq_total, sq_signed = count_moments(x, d, p, q, bl)
@@ -215,7 +231,22 @@ def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min
     var = (a_up * a_up * v_up + a_down * a_down * v_down
            + c2c_var * (s_up * s_up * n_up + s_down * s_down * n_down))
     new = new + var.clamp(min=0).sqrt() * unit_noise(octets, w.shape)
-    w.copy_(torch.minimum(torch.maximum(new, b_min), b_max))
+    _store(w_all, torch.minimum(torch.maximum(new, b_min), b_max), rows)
+
+
+def active_inputs(x: Tensor, worth: float = 0.9) -> Tensor | None:
+    """The input lines that carry a non-zero input in some sample, per run: (R, K) indices, or
+    None when more than ``worth`` of them do (then updating all is cheaper). Devices on the other
+    lines get no pulse (their coincidence counts are 0 in every slot) and are left exactly as they
+    are, so skipping them changes nothing; on MNIST about half of layer 1's lines are skipped.
+    Runs with fewer than K live lines are padded with dead ones (distinct, so no line is written
+    twice)."""
+    live = (x != 0).any(dim=1)  # (R, in)
+    k = int(live.sum(dim=-1).max())
+    if k > worth * x.shape[-1]:
+        return None
+    order = torch.argsort((~live).to(torch.int8), dim=-1, stable=True)  # live lines first
+    return order[:, :k]
 
 
 _COMPILE = {"on": False}
@@ -266,7 +297,14 @@ def unit_noise(octets: Tensor, shape: torch.Size) -> Tensor:
 
 class SoftBoundsArray(nn.Module):
     """The devices of one array for R runs: per-device step sizes and bounds (device-to-device
-    spread drawn once, from the device's construction_seed) and the weights they hold."""
+    spread drawn once, from the device's construction_seed) and the weights they hold.
+
+    They are stored input-major, (R, in, out) (buffers ``*_t``), so that the devices of one input
+    line are contiguous and an update can skip the lines whose input was zero in the whole
+    mini-batch (:func:`active_inputs`); ``weight``, ``scale_up``, ``scale_down``, ``max_bound`` and
+    ``min_bound`` are (R, out, in) views of them, the layout of AIHWKit's weights."""
+
+    STORED = ("weight", "scale_up", "scale_down", "max_bound", "min_bound")
 
     def __init__(self, devices: Sequence[SoftBoundsReferenceDevice], out_size: int, in_size: int,
                  salt: int = 0) -> None:
@@ -283,41 +321,56 @@ class SoftBoundsArray(nn.Module):
             down.append(((gain - r) * dev.dw_min).abs())
             b_max.append(hi)
             b_min.append(lo)
-        self.register_buffer("scale_up", torch.stack(up))
-        self.register_buffer("scale_down", torch.stack(down))
-        self.register_buffer("max_bound", torch.stack(b_max))
-        self.register_buffer("min_bound", torch.stack(b_min))
+        for name, values in (("scale_up", up), ("scale_down", down), ("max_bound", b_max),
+                             ("min_bound", b_min)):
+            self.register_buffer(f"{name}_t", torch.stack(values).transpose(1, 2).contiguous())
         self.register_buffer("dw_min", torch.tensor([d.dw_min for d in devices]).view(-1, 1, 1))
         self.register_buffer("dw_min_std", torch.tensor([d.dw_min_std for d in devices])
                              .view(-1, 1, 1))
-        self.register_buffer("weight", torch.zeros(len(devices), out_size, in_size))
+        self.register_buffer("weight_t", torch.zeros(len(devices), in_size, out_size))
+
+    def __getattr__(self, name: str):
+        if name in SoftBoundsArray.STORED:  # the (R, out, in) view of an input-major buffer
+            return super().__getattr__(f"{name}_t").transpose(1, 2)
+        return super().__getattr__(name)
 
     def set_weights(self, weight: Tensor) -> None:
-        """Program the weights, clipped to each device's bounds (as AIHWKit's set_weights)."""
+        """Program the weights (R, out, in), clipped to each device's bounds (as AIHWKit's
+        set_weights)."""
         self.weight.copy_(torch.minimum(torch.maximum(weight, self.min_bound), self.max_bound))
 
     def update(self, x: Tensor, d: Tensor, lr: float, up: UpdateParameters, mode: str,
                column: int | None = None) -> None:
-        """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes).
-        With ``column``, x holds that one input (R, N, 1) and only that column of devices is
-        updated (a Tiki-Taka transfer)."""
-        cols = slice(None) if column is None else slice(column, column + 1)
-        w, s_up, s_down, b_max, b_min = (t[:, :, cols] for t in (
-            self.weight, self.scale_up, self.scale_down, self.max_bound, self.min_bound))
+        """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes),
+        skipping the input lines whose x is zero throughout. With ``column``, x holds that one
+        input (R, N, 1) and only that column of devices is updated (a Tiki-Taka transfer)."""
+        stored = [self.weight_t, self.scale_up_t, self.scale_down_t, self.max_bound_t,
+                  self.min_bound_t]
+        rows = None
+        if column is not None:
+            stored = [t[:, column:column + 1] for t in stored]
+        else:
+            rows = active_inputs(x)
+            if rows is not None:
+                if rows.shape[1] == 0:
+                    return  # no input at all: no pulse
+                x = x.gather(-1, rows.unsqueeze(1).expand(-1, x.shape[1], -1))
         c2c_var = self.dw_min_std.square()
         flags = (up.desired_bl, up.update_bl_management, up.update_management, up.um_grad_scale)
         if mode == "pulse":
+            w, s_up, s_down, b_max, b_min = (_rows(t, rows) for t in stored)
             p, q, bl = pulse_probabilities(x, d, lr, self.dw_min, *flags)
             n_up, n_down = sample_counts(x, d, p, q, bl)
             new = _soft_bounds_mean(w, s_up, s_down, b_max, b_min, n_up, n_down)
             var = c2c_var * (s_up.square() * n_up + s_down.square() * n_down)
             new = new + var.sqrt() * torch.randn_like(new)
-            w.copy_(torch.minimum(torch.maximum(new, b_min), b_max))
+            _store(stored[0], torch.minimum(torch.maximum(new, b_min), b_max), rows)
         elif mode == "moment":
-            lr_t = torch.tensor(lr, dtype=w.dtype, device=w.device)
+            lr_t = torch.tensor(lr, dtype=x.dtype, device=x.device)
+            count = stored[0].numel() if rows is None else rows.numel() * stored[0].shape[-1]
             _fused("moment", _moment_update)(
-                w, s_up, s_down, b_max, b_min, c2c_var, self.dw_min, x, d, lr_t,
-                random_bytes(w.numel(), w.device), *flags)
+                *stored, c2c_var, self.dw_min, x, d, lr_t, random_bytes(count, x.device), rows,
+                *flags)
         else:
             raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
 
