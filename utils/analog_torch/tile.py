@@ -14,11 +14,13 @@ A tile holds, for each of R runs, an ``out × in`` weight matrix on pulsed soft-
     a device's up and down pulses of one mini-batch are applied through the closed form of n
     soft-bounds pulses (exact for pulses of one sign; with both signs their order, which AIHWKit
     takes sample by sample, is averaged: at most ≈ n·dw_min/τ of the step).
-  - ``"moment"``: no pulse trains; the exact per-device mean and variance of the coincidence
-    counts come from four matrix products over the mini-batch, the closed form moves the weight
-    by the mean counts, and zero-mean noise of the matched variance (count noise through the
-    soft-bounds slope, plus the pulses' cycle-to-cycle noise) is added. With torch.compile
-    (:func:`set_compile`) the elementwise part is one fused loop.
+  - ``"moment"``: no pulse trains; the exact mean and covariance of the coincidence counts come
+    from six matrix products over the mini-batch (:func:`count_moments`), the closed form moves
+    the weight by the mean counts, and zero-mean noise of the matched covariance is added, through
+    the soft-bounds slope: the part that the devices of one row or column share through their
+    common pulse train (drawn once per sample and line), the part of each device alone, and the
+    pulses' cycle-to-cycle noise. With torch.compile (:func:`set_compile`) the elementwise part is
+    one fused loop.
 
 * Tiki-Taka v1 (TransferCompound): gradient pulses onto A at fast_lr, then each mini-batch a
   cyclic column read of A through ``transfer_forward`` written onto C by a pulsed update.
@@ -169,17 +171,36 @@ def sample_counts(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor) -> tup
     return (total - signed) / 2, (total + signed) / 2
 
 
-def count_moments(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor) -> tuple[Tensor, ...]:
-    """Sums over samples that give the exact mean and variance of each device's (up, down)
-    coincidence counts (a sample's count is Binomial(bl, p_j q_i), independent across samples),
-    from one batched matrix product: (Σ bl·q p, Σ bl·q p·s, Σ bl·q²p², Σ bl·q²p²·s) with s = +1
-    for a down pulse (x_j d_i > 0) and −1 for an up pulse; each input-major (R, in, out)."""
+def count_moments(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor, shared_x: Tensor,
+                  shared_d: Tensor) -> tuple[Tensor, ...]:
+    """The statistics of each device's (up, down) coincidence counts, input-major (R, in, out),
+    exact to second order including the covariances between devices.
+
+    In sample b, device (i, j) counts c = Σ_t X_jt·D_it over bl slots, X_jt ~ Bernoulli(p_j) the
+    pulse train of input line j (shared by all devices of that line) and D_it ~ Bernoulli(q_i)
+    that of output line i. With A_j = Σ_t (X_jt − p_j) and B_i = Σ_t (D_it − q_i),
+
+        c − bl·p_j·q_i = q_i·A_j + p_j·B_i + Σ_t (X_jt − p_j)(D_it − q_i),
+
+    three uncorrelated parts: the first two shared along a line (they correlate the devices of one
+    row or column, as in AIHWKit), the last one independent per device. ``shared_x`` (R, N, in) and
+    ``shared_d`` (R, N, out) are standard normal draws that become A and B (Gaussian with the
+    trains' variances bl·p(1 − p), bl·q(1 − q)). Returns, each as (total, signed) over samples, where
+    signed weighs a sample by s = +1 for a down pulse (x_j d_i > 0) and −1 for an up pulse: the
+    mean counts, the variance of the independent part, and the drawn shared part. Six matrix
+    products over the samples, in two batched calls."""
     sx, sd = x.sign(), d.sign()
-    qb, p2 = q * bl, p.square()
-    q2b = q * qb
-    inputs = torch.cat([p, p * sx, p2, p2 * sx])      # (4R, N, in)
-    outputs = torch.cat([qb, qb * sd, q2b, q2b * sd])  # (4R, N, out)
-    return _pair(inputs, outputs).chunk(4)
+    qb = q * bl
+    p_var, q_var = p * (1 - p), q * (1 - q) * bl
+    inputs = torch.cat([p, p * sx, p_var, p_var * sx])       # (4R, N, in)
+    outputs = torch.cat([qb, qb * sd, q_var, q_var * sd])      # (4R, N, out)
+    mean_total, mean_signed, var_total, var_signed = _pair(inputs, outputs).chunk(4)
+    a = shared_x * (bl * p_var).sqrt()  # A_j of each sample
+    b = shared_d * q_var.sqrt()          # B_i of each sample
+    inputs = torch.cat([torch.cat([a, p], 1), torch.cat([a * sx, p * sx], 1)])  # (2R, 2N, in)
+    outputs = torch.cat([torch.cat([q, b], 1), torch.cat([q * sd, b * sd], 1)])
+    noise_total, noise_signed = _pair(inputs, outputs).chunk(2)
+    return mean_total, mean_signed, var_total, var_signed, noise_total, noise_signed
 
 
 def _soft_bounds_mean(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
@@ -212,25 +233,29 @@ def _store(w: Tensor, new: Tensor, rows: Tensor | None) -> None:
 
 def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
                    c2c_var: Tensor, dw_min: Tensor, x: Tensor, d: Tensor, lr: Tensor,
-                   octets: Tensor, rows: Tensor | None, desired_bl: int, bl_management: bool,
-                   update_management: bool, um_grad_scale: float) -> None:
+                   shared_x: Tensor, shared_d: Tensor, octets: Tensor, rows: Tensor | None,
+                   desired_bl: int, bl_management: bool, update_management: bool,
+                   um_grad_scale: float) -> None:
     """The moment-matched pulsed update of one input-major array (R, in, out), in place, on the
     input lines ``rows`` (R, K) only (all if None; x is then (R, N, K)); fused by torch.compile
-    when it is on. ``octets`` (:func:`random_bytes`, one per updated device) supply the noise."""
+    when it is on. ``shared_x``, ``shared_d`` (standard normal, see :func:`count_moments`) and
+    ``octets`` (:func:`random_bytes`, one per updated device) supply the noise."""
     w_all = w
     w, s_up, s_down, b_max, b_min = (_rows(t, rows) for t in (w, s_up, s_down, b_max, b_min))
     p, q, bl = pulse_probabilities(x, d, lr, dw_min, desired_bl, bl_management,
                                    update_management, um_grad_scale)
-    mean_total, mean_signed, sq_total, sq_signed = count_moments(x, d, p, q, bl)
+    mean_total, mean_signed, var_total, var_signed, noise_total, noise_signed = count_moments(
+        x, d, p, q, bl, shared_x, shared_d)
     n_up, n_down = (mean_total - mean_signed) * 0.5, (mean_total + mean_signed) * 0.5
-    v_up = (mean_total - sq_total - mean_signed + sq_signed) * 0.5
-    v_down = (mean_total - sq_total + mean_signed - sq_signed) * 0.5
+    v_up, v_down = (var_total - var_signed) * 0.5, (var_total + var_signed) * 0.5
+    e_up, e_down = (noise_total - noise_signed) * 0.5, (noise_total + noise_signed) * 0.5
     new = _soft_bounds_mean(w, s_up, s_down, b_max, b_min, n_up, n_down)
     # one pulse's step at the mean new weight: the slope of the closed form in the pulse count
     a_up, a_down = s_up * (1 - new / b_max), s_down * (1 - new / b_min)
     var = (a_up * a_up * v_up + a_down * a_down * v_down
            + c2c_var * (s_up * s_up * n_up + s_down * s_down * n_down))
-    new = new + var.clamp(min=0).sqrt() * unit_noise(octets, w.shape)
+    new = (new + a_up * e_up - a_down * e_down
+           + var.clamp(min=0).sqrt() * unit_noise(octets, w.shape))
     _store(w_all, torch.minimum(torch.maximum(new, b_min), b_max), rows)
 
 
@@ -369,8 +394,8 @@ class SoftBoundsArray(nn.Module):
             lr_t = torch.tensor(lr, dtype=x.dtype, device=x.device)
             count = stored[0].numel() if rows is None else rows.numel() * stored[0].shape[-1]
             _fused("moment", _moment_update)(
-                *stored, c2c_var, self.dw_min, x, d, lr_t, random_bytes(count, x.device), rows,
-                *flags)
+                *stored, c2c_var, self.dw_min, x, d, lr_t, torch.randn_like(x), torch.randn_like(d),
+                random_bytes(count, x.device), rows, *flags)
         else:
             raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
 
