@@ -150,9 +150,10 @@ def add_backend_flags(parser: argparse.ArgumentParser, backend_help: str,
     parser.add_argument("--backend", choices=("aihwkit", "torch"), default="aihwkit",
                         help=backend_help)
     parser.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
-                        help="torch backend only: moment = the pulsed update's per-device mean and "
-                             "variance from matrix products (fast, default); pulse = every pulse "
-                             "train drawn (exact coincidence counts, slower)")
+                        help="torch backend only: moment = the pulse counts' mean and covariance "
+                             "(per device, and between the devices of one row or column) from "
+                             "matrix products (faster, default); pulse = every pulse train drawn "
+                             "(exact coincidence counts, slower)")
     if compile_flag:
         parser.add_argument("--no-compile", action="store_true",
                             help="torch backend only: do not fuse the moment-matched update with "
