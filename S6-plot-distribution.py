@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
-def load_fcn(path: Path, setting: str, tau: float, args):
+def load_fcn(path: Path, setting: str, args):
     """The FCN of a checkpoint, rebuilt with its configuration, on either backend."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -58,13 +58,13 @@ def load_fcn(path: Path, setting: str, tau: float, args):
             from utils.analog_torch.nn import build_fcn
             from utils.analog_torch.presets import resolve
 
-            model = build_fcn([resolve(setting, tau)], [args.seed], args.update_mode)
+            model = build_fcn([resolve(setting, args.tau)], [args.seed], args.update_mode)
             model.load_state_dict(ckpt["model_state_dict"])
         else:
             from utils.devices import rpu_config
             from utils.models import build_fcn
 
-            model = build_fcn(rpu_config(setting, tau))
+            model = build_fcn(rpu_config(setting, args.tau))
             load_model_state(model, ckpt["model_state_dict"])
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         cli.fail(f"{path}: not a readable FCN checkpoint of {setting} ({type(err).__name__}); "
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         flags = "" if args.backend == "aihwkit" else f" --backend torch --update-mode {args.update_mode}"
         cli.fail(f"missing checkpoint(s): {', '.join(missing)}; make them with S4.1-mnist-FCN.py "
                  f"--save-checkpoint{flags} (see the docstring)")
-    models = {s: load_fcn(p, s, args.tau, args) for s, p in paths.items()}
+    models = {s: load_fcn(p, s, args) for s, p in paths.items()}
     fig, (ax_w, ax_s) = plt.subplots(1, 2, figsize=(8.0, 3.0), gridspec_kw={"wspace": 0.3})
     engine = f", {suffix.strip('_').replace('_', ' ')} backend" if suffix else ""
     lines = ["# Figure 7: saturation of the trained FCN's devices" + engine, "",

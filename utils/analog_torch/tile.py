@@ -369,8 +369,7 @@ class SoftBoundsArray(nn.Module):
         """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes),
         skipping the input lines whose x is zero throughout. With ``column``, x holds that one
         input (R, N, 1) and only that column of devices is updated (a Tiki-Taka transfer)."""
-        stored = [self.weight_t, self.scale_up_t, self.scale_down_t, self.max_bound_t,
-                  self.min_bound_t]
+        stored = [getattr(self, f"{name}_t") for name in SoftBoundsArray.STORED]  # weight first
         rows = None
         if column is not None:
             stored = [t[:, column:column + 1] for t in stored]
