@@ -14,13 +14,13 @@ A tile holds, for each of R runs, an ``out × in`` weight matrix on pulsed soft-
     a device's up and down pulses of one mini-batch are applied through the closed form of n
     soft-bounds pulses (exact for pulses of one sign; with both signs their order, which AIHWKit
     takes sample by sample, is averaged: at most ≈ n·dw_min/τ of the step).
-  - ``"moment"``: no pulse trains; the exact mean and covariance of the coincidence counts come
-    from six matrix products over the mini-batch (:func:`count_moments`), the closed form moves
-    the weight by the mean counts, and zero-mean noise of the matched covariance is added, through
-    the soft-bounds slope: the part that the devices of one row or column share through their
-    common pulse train (drawn once per sample and line), the part of each device alone, and the
-    pulses' cycle-to-cycle noise. With torch.compile (:func:`set_compile`) the elementwise part is
-    one fused loop.
+  - ``"moment"``: no pulse trains; the coincidence counts of each device come from four matrix
+    products over the mini-batch (:func:`count_moments`): their exact mean plus the noise that the
+    devices of one row or column share through their common pulse train (drawn once per sample
+    and line), and the variance of the rest. The closed form moves the weight by these counts, and
+    zero-mean noise of the remaining variance (each device's own part of the coincidence noise,
+    and the pulses' cycle-to-cycle noise) is added through the soft-bounds slope. With
+    torch.compile (:func:`set_compile`) the elementwise part is one fused loop.
 
 * Tiki-Taka v1 (TransferCompound): gradient pulses onto A at fast_lr, then each mini-batch a
   cyclic column read of A through ``transfer_forward`` written onto C by a pulsed update.
@@ -173,34 +173,32 @@ def sample_counts(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor) -> tup
 
 def count_moments(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor, shared_x: Tensor,
                   shared_d: Tensor) -> tuple[Tensor, ...]:
-    """The statistics of each device's (up, down) coincidence counts, input-major (R, in, out),
-    exact to second order including the covariances between devices.
+    """Each device's (up, down) coincidence counts to second order, input-major (R, in, out),
+    including the covariances between devices.
 
     In sample b, device (i, j) counts c = Σ_t X_jt·D_it over bl slots, X_jt ~ Bernoulli(p_j) the
     pulse train of input line j (shared by all devices of that line) and D_it ~ Bernoulli(q_i)
     that of output line i. With A_j = Σ_t (X_jt − p_j) and B_i = Σ_t (D_it − q_i),
 
-        c − bl·p_j·q_i = q_i·A_j + p_j·B_i + Σ_t (X_jt − p_j)(D_it − q_i),
+        c = bl·p_j·q_i + q_i·A_j + p_j·B_i + Σ_t (X_jt − p_j)(D_it − q_i),
 
-    three uncorrelated parts: the first two shared along a line (they correlate the devices of one
-    row or column, as in AIHWKit), the last one independent per device. ``shared_x`` (R, N, in) and
-    ``shared_d`` (R, N, out) are standard normal draws that become A and B (Gaussian with the
-    trains' variances bl·p(1 − p), bl·q(1 − q)). Returns, each as (total, signed) over samples, where
-    signed weighs a sample by s = +1 for a down pulse (x_j d_i > 0) and −1 for an up pulse: the
-    mean counts, the variance of the independent part, and the drawn shared part. Six matrix
-    products over the samples, in two batched calls."""
+    the mean and three uncorrelated parts of zero mean: the first two shared along a line (they
+    correlate the devices of one row or column, as in AIHWKit), the last one independent per
+    device. ``shared_x`` (R, N, in) and ``shared_d`` (R, N, out) are standard normal draws that
+    become A and B (Gaussian with the trains' variances bl·p(1 − p), bl·q(1 − q)), so the first
+    three terms are summed here, ``p_j·(bl·q_i + B_i) + A_j·q_i``; the independent part is left to
+    the caller as its variance bl·p(1 − p)·q(1 − q). Returns (counts total, counts signed, variance
+    total, variance signed), sums over the samples, where signed weighs a sample by s = +1 for a
+    down pulse (x_j d_i > 0) and −1 for an up pulse. Four matrix products over the samples (two
+    of rank 2N, two of rank N), in one batched call."""
     sx, sd = x.sign(), d.sign()
-    qb = q * bl
     p_var, q_var = p * (1 - p), q * (1 - q) * bl
-    inputs = torch.cat([p, p * sx, p_var, p_var * sx])       # (4R, N, in)
-    outputs = torch.cat([qb, qb * sd, q_var, q_var * sd])      # (4R, N, out)
-    mean_total, mean_signed, var_total, var_signed = _pair(inputs, outputs).chunk(4)
-    a = shared_x * (bl * p_var).sqrt()  # A_j of each sample
-    b = shared_d * q_var.sqrt()          # B_i of each sample
-    inputs = torch.cat([torch.cat([a, p], 1), torch.cat([a * sx, p * sx], 1)])  # (2R, 2N, in)
-    outputs = torch.cat([torch.cat([q, b], 1), torch.cat([q * sd, b * sd], 1)])
-    noise_total, noise_signed = _pair(inputs, outputs).chunk(2)
-    return mean_total, mean_signed, var_total, var_signed, noise_total, noise_signed
+    a = shared_x * (bl * p_var).sqrt()     # A_j of each sample
+    qb = q * bl + shared_d * q_var.sqrt()  # bl·q_i + B_i
+    counts = _pair(torch.cat([torch.cat([p, a], 1), torch.cat([p * sx, a * sx], 1)]),
+                   torch.cat([torch.cat([qb, q], 1), torch.cat([qb * sd, q * sd], 1)]))
+    var = _pair(torch.cat([p_var, p_var * sx]), torch.cat([q_var, q_var * sd]))
+    return (*counts.chunk(2), *var.chunk(2))  # each (R, in, out)
 
 
 def _soft_bounds_mean(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
@@ -208,13 +206,15 @@ def _soft_bounds_mean(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_
     """The weight after n_up up and n_down down soft-bounds pulses: the closed form
     ``w* + (w − w*)·e^{−r}`` with r = n_up·s_up/b_max + n_down·s_down/|b_min| and w* the weight the
     pulses drive towards; exact for pulses of one sign up to O(r·s/b) (e^{−r} for (1 − s/b)^n),
-    both signs mixed evenly. Devices whose bound lies within one step of 0 end at it (clipped)."""
+    both signs mixed evenly. Counts may be slightly negative (Gaussian noise on a small mean);
+    the formula stays smooth there. Devices whose bound lies within one step of 0 end at it."""
     c_up, c_down = s_up / b_max, s_down / -b_min  # relative step per pulse
     rate = n_up * c_up + n_down * c_down
     decay = torch.exp(-rate)
     drive = n_up * s_up - n_down * s_down
-    # (1 − e^{−r})/r, by its series where r is small (no 0/0)
-    gain = torch.where(rate > 1e-3, (1 - decay) / rate.clamp(min=1e-3), 1 - rate * 0.5)
+    # (1 − e^{−r})/r, by its series where |r| is small (no 0/0)
+    small = rate.abs() <= 1e-3
+    gain = torch.where(small, 1 - rate * 0.5, (1 - decay) / torch.where(small, 1.0, rate))
     return w * decay + gain * drive
 
 
@@ -224,11 +224,14 @@ def _rows(t: Tensor, rows: Tensor | None) -> Tensor:
 
 
 def _store(w: Tensor, new: Tensor, rows: Tensor | None) -> None:
-    """Write ``new`` back into the input lines ``rows`` of ``w`` (all of them if None)."""
+    """Write ``new`` back into the input lines ``rows`` of ``w`` (all of them if None): one copy
+    per line (index_copy_ on the (R·in, out) view), not one indexed write per element."""
     if rows is None:
         w.copy_(new)
     else:
-        w.scatter_(1, rows.unsqueeze(-1).expand(-1, -1, w.shape[-1]), new)
+        R, n_in, n_out = w.shape
+        lines = (rows + n_in * torch.arange(R, device=rows.device).unsqueeze(-1)).reshape(-1)
+        w.view(R * n_in, n_out).index_copy_(0, lines, new.reshape(-1, n_out))
 
 
 def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min: Tensor,
@@ -244,19 +247,22 @@ def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min
     w, s_up, s_down, b_max, b_min = (_rows(t, rows) for t in (w, s_up, s_down, b_max, b_min))
     p, q, bl = pulse_probabilities(x, d, lr, dw_min, desired_bl, bl_management,
                                    update_management, um_grad_scale)
-    mean_total, mean_signed, var_total, var_signed, noise_total, noise_signed = count_moments(
+    count_total, count_signed, var_total, var_signed = count_moments(
         x, d, p, q, bl, shared_x, shared_d)
-    n_up, n_down = (mean_total - mean_signed) * 0.5, (mean_total + mean_signed) * 0.5
+    n_up, n_down = (count_total - count_signed) * 0.5, (count_total + count_signed) * 0.5
     v_up, v_down = (var_total - var_signed) * 0.5, (var_total + var_signed) * 0.5
-    e_up, e_down = (noise_total - noise_signed) * 0.5, (noise_total + noise_signed) * 0.5
+    # the closed form at the counts with their shared noise: to first order that noise moves the
+    # weight by one pulse's step at the new weight per count, as it does pulse by pulse
     new = _soft_bounds_mean(w, s_up, s_down, b_max, b_min, n_up, n_down)
-    # one pulse's step at the mean new weight: the slope of the closed form in the pulse count
     a_up, a_down = s_up * (1 - new / b_max), s_down * (1 - new / b_min)
     var = (a_up * a_up * v_up + a_down * a_down * v_down
-           + c2c_var * (s_up * s_up * n_up + s_down * s_down * n_down))
-    new = (new + a_up * e_up - a_down * e_down
-           + var.clamp(min=0).sqrt() * unit_noise(octets, w.shape))
-    _store(w_all, torch.minimum(torch.maximum(new, b_min), b_max), rows)
+           + c2c_var * (s_up * s_up * n_up.clamp(min=0) + s_down * s_down * n_down.clamp(min=0)))
+    new = new + var.clamp(min=0).sqrt() * unit_noise(octets, w.shape)
+    new = torch.minimum(torch.maximum(new, b_min), b_max)
+    if rows is not None:
+        return new  # written back by the caller: a scatter in here would copy all of w twice
+    w_all.copy_(new)
+    return None
 
 
 def active_inputs(x: Tensor, worth: float = 0.9) -> Tensor | None:
@@ -392,9 +398,11 @@ class SoftBoundsArray(nn.Module):
         elif mode == "moment":
             lr_t = torch.tensor(lr, dtype=x.dtype, device=x.device)
             count = stored[0].numel() if rows is None else rows.numel() * stored[0].shape[-1]
-            _fused("moment", _moment_update)(
+            new = _fused("moment", _moment_update)(
                 *stored, c2c_var, self.dw_min, x, d, lr_t, torch.randn_like(x), torch.randn_like(d),
                 random_bytes(count, x.device), rows, *flags)
+            if new is not None:
+                _store(stored[0], new, rows)
         else:
             raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
 
