@@ -190,7 +190,7 @@ def count_moments(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor, shared
     the caller as its variance bl·p(1 − p)·q(1 − q). Returns (counts total, counts signed, variance
     total, variance signed), sums over the samples, where signed weighs a sample by s = +1 for a
     down pulse (x_j d_i > 0) and −1 for an up pulse. Four matrix products over the samples (two
-    of rank 2N, two of rank N), in one batched call."""
+    of rank 2N, two of rank N), in two batched calls."""
     sx, sd = x.sign(), d.sign()
     p_var, q_var = p * (1 - p), q * (1 - q) * bl
     a = shared_x * (bl * p_var).sqrt()     # A_j of each sample
@@ -238,11 +238,13 @@ def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min
                    c2c_var: Tensor, dw_min: Tensor, x: Tensor, d: Tensor, lr: Tensor,
                    shared_x: Tensor, shared_d: Tensor, octets: Tensor, rows: Tensor | None,
                    desired_bl: int, bl_management: bool, update_management: bool,
-                   um_grad_scale: float) -> None:
-    """The moment-matched pulsed update of one input-major array (R, in, out), in place, on the
-    input lines ``rows`` (R, K) only (all if None; x is then (R, N, K)); fused by torch.compile
-    when it is on. ``shared_x``, ``shared_d`` (standard normal, see :func:`count_moments`) and
-    ``octets`` (:func:`random_bytes`, one per updated device) supply the noise."""
+                   um_grad_scale: float) -> Tensor | None:
+    """The moment-matched pulsed update of one input-major array (R, in, out) on the input lines
+    ``rows`` (R, K) only (all if None; x is then (R, N, K)); fused by torch.compile when it is on.
+    With ``rows`` None it updates ``w`` in place and returns None; else it returns the lines' new
+    weights (R, K, out) for the caller to write back (:func:`_store`). ``shared_x``, ``shared_d``
+    (standard normal, see :func:`count_moments`) and ``octets`` (:func:`random_bytes`, one per
+    updated device) supply the noise."""
     w_all = w
     w, s_up, s_down, b_max, b_min = (_rows(t, rows) for t in (w, s_up, s_down, b_max, b_min))
     p, q, bl = pulse_probabilities(x, d, lr, dw_min, desired_bl, bl_management,
