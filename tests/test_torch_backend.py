@@ -10,6 +10,7 @@ mechanics: configs equal to utils.devices', batching, state slicing, the scripts
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -293,6 +294,44 @@ def test_run_state_round_trip_and_weights_stay_in_bounds(setting):
     again.load_state_dict(tnn.stack_states([tnn.run_state(state, 0), tnn.run_state(state, 1)]))
     for key, value in again.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+def test_closed_form_of_n_pulses_equals_pulse_by_pulse_and_is_smooth_at_zero():
+    """n soft-bounds pulses of one sign applied one by one (w ← w ± s·(1 − w/b)) against the
+    closed form: within n·s²/|b| (e^{−nc} for (1 − c)^n). Around zero counts (the moment mode's
+    Gaussian counts may be slightly negative) the closed form is continuous where it switches to
+    its series, and n = 0 leaves w exactly."""
+    from utils.analog_torch.tile import _soft_bounds_mean
+
+    g = torch.Generator().manual_seed(3)
+    shape = (50,)
+    s_up, s_down = (0.001 + 0.002 * torch.rand(shape, generator=g) for _ in range(2))
+    b_max, b_min = 0.5 + torch.rand(shape, generator=g), -0.5 - torch.rand(shape, generator=g)
+    w0 = (torch.rand(shape, generator=g) - 0.5) * 0.8
+    n = torch.randint(0, 200, shape, generator=g).to(torch.float32)
+    zero = torch.zeros(shape)
+    for up in (True, False):
+        w = w0.clone()
+        for k in range(int(n.max())):
+            step = s_up * (1 - w / b_max) if up else -s_down * (1 - w / b_min)
+            w = torch.where(k < n, w + step, w)
+        closed = _soft_bounds_mean(w0, s_up, s_down, b_max, b_min, n if up else zero,
+                                   zero if up else n)
+        s, b = (s_up, b_max) if up else (s_down, -b_min)
+        assert bool(((closed - w).abs() <= n * s * s / b + 1e-6).all())
+        assert float((closed - w0).abs().max()) > 0.05  # the pulses moved the weights
+    torch.testing.assert_close(_soft_bounds_mean(w0, s_up, s_down, b_max, b_min, zero, zero), w0,
+                               rtol=0, atol=0)
+    # near and below zero counts: the float64 formula w·e^{−r} + (1 − e^{−r})/r·n·s, no jump where
+    # the implementation switches to its series (|r| = 1e-3)
+    c = float(s_up[0] / b_max[0])
+    for r in (-0.05, -1.0001e-3, -0.9999e-3, -1e-5, 1e-5, 0.9999e-3, 1.0001e-3, 0.05):
+        count = torch.tensor([r / c])
+        ours = _soft_bounds_mean(w0[:1], s_up[:1], s_down[:1], b_max[:1], b_min[:1], count,
+                                 torch.zeros(1))
+        exact = (float(w0[0]) * math.exp(-r)
+                 + (1 - math.exp(-r)) / r * float(count[0]) * float(s_up[0]))
+        assert abs(float(ours[0]) - exact) < 1e-6, (r, float(ours[0]), exact)
 
 
 def test_compiled_update_equals_eager():
