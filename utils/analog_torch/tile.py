@@ -245,7 +245,6 @@ def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min
     weights (R, K, out) for the caller to write back (:func:`_store`). ``shared_x``, ``shared_d``
     (standard normal, see :func:`count_moments`) and ``octets`` (:func:`random_bytes`, one per
     updated device) supply the noise."""
-    w_all = w
     w, s_up, s_down, b_max, b_min = (_rows(t, rows) for t in (w, s_up, s_down, b_max, b_min))
     p, q, bl = pulse_probabilities(x, d, lr, dw_min, desired_bl, bl_management,
                                    update_management, um_grad_scale)
@@ -263,7 +262,7 @@ def _moment_update(w: Tensor, s_up: Tensor, s_down: Tensor, b_max: Tensor, b_min
     new = torch.minimum(torch.maximum(new, b_min), b_max)
     if rows is not None:
         return new  # written back by the caller: a scatter in here would copy all of w twice
-    w_all.copy_(new)
+    w.copy_(new)  # all lines: w is the array itself
     return None
 
 
