@@ -262,6 +262,58 @@ def test_conv_training_step_matches_aihwkit():
     assert rel(dw.var(0), theirs.var(0)) < 2 * TOLERANCE
 
 
+def _noise_mean_chi2(read, tiles: int) -> float:
+    """Σ over tiles of (mean / standard error)² of the output noise of ``read(t)`` (many reads of
+    zero weights): ≈ ``tiles`` when the noise has mean 0, far more when each tile's has its own."""
+    total = 0.0
+    for t in range(tiles):
+        y = read(t).flatten()
+        total += float(y.mean() / (y.std() / math.sqrt(y.numel()))) ** 2
+    return total
+
+
+def _zero_weight_reads_config():
+    config = analog_sgd_config()
+    config.forward.out_res = 0.0  # no ADC grid: the output is the noise itself
+    return config
+
+
+def test_aihwkits_cpu_noise_has_a_mean_per_tile_and_the_noise_list_emulates_it():
+    """AIHWKit's CPU tiles draw their Gaussian noise from a fixed list of 32,768 numbers, so each
+    tile's noise has its own mean, ≈ N(0, 1/32768) in units of its std. With 2.6 M reads per tile
+    a tile's (mean / SE)² is then ≈ 78 on average, and the sum over 10 tiles falls below the
+    threshold 40 with p ≈ 1e-6; zero-mean noise sums to ≈ 10 and exceeds 40 with p ≈ 2e-5. The
+    torch backend: zero-mean by default, AIHWKit-like with set_noise_list(32768)."""
+    from aihwkit.nn import AnalogLinear
+
+    from utils.analog_torch.tile import set_noise_list
+
+    config, tiles, size, reads = _zero_weight_reads_config(), 10, 64, 40
+    x = torch.ones(1000, size)
+
+    def aihwkit_read(_):
+        layer = AnalogLinear(size, size, bias=False, rpu_config=config)
+        next(layer.analog_tiles()).set_weights(torch.zeros(size, size))
+        with torch.no_grad():
+            return torch.stack([layer(x) for _ in range(reads)])
+
+    def torch_reads(noise_list):
+        set_noise_list(noise_list)
+        try:
+            layer = tnn.AnalogLinear(size, size, [from_aihwkit(config)] * tiles, bias=False)
+        finally:
+            set_noise_list(0)
+        layer.eval()
+        with torch.no_grad():
+            y = torch.stack([layer(x.repeat(tiles, 1)) for _ in range(reads)])
+        return y.view(reads, tiles, -1).transpose(0, 1)
+
+    assert _noise_mean_chi2(aihwkit_read, tiles) > 40
+    fresh, listed = torch_reads(0), torch_reads(32768)
+    assert _noise_mean_chi2(lambda t: fresh[t], tiles) < 40
+    assert _noise_mean_chi2(lambda t: listed[t], tiles) > 40
+
+
 # --- batching, state, modes ----------------------------------------------------------------------
 
 def test_batched_runs_equal_single_runs_in_floating_point():
@@ -486,6 +538,8 @@ def test_torch_backend_lands_in_aihwkits_seed_spread(mnist_root, tmp_path):
     (["--backend", "torch", "--CUDA", "3"], "--CUDA 3"),
     (["--backend", "jax"], "invalid choice"),
     (["--update-mode", "exact"], "invalid choice"),
+    (["--noise-list", "32768"], "--noise-list needs --backend torch"),
+    (["--backend", "torch", "--noise-list", "-1"], "must be a whole number >= 0"),
 ])
 def test_bad_backend_flags_fail_with_one_line(mnist_root, tmp_path, flags, message):
     res = train(mnist_root, tmp_path, *flags)

@@ -116,6 +116,12 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
                              "(default: %(default)s). Several values train several runs")
     add_backend_flags(parser, f"{BACKEND_HELP}; its runs go to OUT/runs/MNIST-<NET>-torch[-pulse]/, "
                               "all runs of --tau × --seed together")
+    parser.add_argument("--noise-list", type=nonneg_int, default=0, metavar="N",
+                        help="torch backend only: draw the read noise of each tile from a fixed "
+                             "list of N Gaussian numbers, as AIHWKit's CPU simulator does (N = "
+                             "32768); its mean then biases every read (README, \"AIHWKit's CPU "
+                             "noise\"). 0: fresh numbers on every read, as AIHWKit on a GPU "
+                             "(default: %(default)s). Runs go to MNIST-<NET>-torch-list<N>/")
     parser.add_argument("--epochs", type=positive_int, default=epochs,
                         help="training epochs (default: %(default)s); a larger value continues a "
                              "finished run")

@@ -444,17 +444,20 @@ def _save_state(path: Path, epoch: int, model_state: dict, optimizer, scheduler)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def backend_suffix(backend: str = "aihwkit", update_mode: str = "moment") -> str:
+def backend_suffix(backend: str = "aihwkit", update_mode: str = "moment", noise_list: int = 0) -> str:
     """What the torch backend appends to an experiment's runs/ folder: "" (AIHWKit), "-torch"
-    (moment-matched updates), "-torch-pulse" (exact pulses)."""
+    (moment-matched updates), "-torch-pulse" (exact pulses), then "-list<N>" when its read noise
+    comes from fixed lists of N numbers (--noise-list)."""
     if backend == "aihwkit":
         return ""
-    return "-torch" + ("-pulse" if update_mode == "pulse" else "")
+    return ("-torch" + ("-pulse" if update_mode == "pulse" else "")
+            + (f"-list{noise_list}" if noise_list else ""))
 
 
-def experiment_name(network: str, backend: str = "aihwkit", update_mode: str = "moment") -> str:
+def experiment_name(network: str, backend: str = "aihwkit", update_mode: str = "moment",
+                    noise_list: int = 0) -> str:
     """The runs/ subfolder of an MNIST network: "MNIST-FCN", "MNIST-FCN-torch", "MNIST-FCN-torch-pulse"."""
-    return f"MNIST-{network}{backend_suffix(backend, update_mode)}"
+    return f"MNIST-{network}{backend_suffix(backend, update_mode, noise_list)}"
 
 
 def train_mnist(args: argparse.Namespace, network: str) -> None:
@@ -465,6 +468,9 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
     from utils.data import TensorLoader, load_mnist
 
     torch_backend = args.backend == "torch"
+    if args.noise_list and not torch_backend:
+        raise UserError("--noise-list needs --backend torch (AIHWKit's own CPU tiles always draw "
+                        "their noise from such lists)")
     device = torch_device(args.CUDA, require_aihwkit_cuda=not torch_backend)
     torch.set_num_threads(args.threads)
     taus = [None] if args.SETTING == "FP SGD" else list(dict.fromkeys(args.tau))
@@ -473,9 +479,10 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
     if torch_backend:
         from utils.analog_torch import nn as tnn
         from utils.analog_torch.presets import resolve
-        from utils.analog_torch.tile import set_compile
+        from utils.analog_torch.tile import set_compile, set_noise_list
 
         set_compile(not args.no_compile)
+        set_noise_list(args.noise_list)
         configs = [resolve(args.SETTING, tau or 1.0) for tau, _ in grid]
         builder = {"FCN": tnn.build_fcn, "CNN": tnn.build_cnn}[network]
     else:
@@ -491,7 +498,7 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
             raise UserError(f"--train-subset {args.train_subset} exceeds the {len(train_set)} "
                             "training images")
         train_set = train_set.head(args.train_subset)
-    experiment = experiment_name(network, args.backend, args.update_mode)
+    experiment = experiment_name(network, args.backend, args.update_mode, args.noise_list)
     records = []
     for (tau, _), config in zip(grid, configs, strict=True):
         record = {"experiment": experiment, "model": builder.__name__, "setting": args.SETTING,
@@ -499,6 +506,8 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
                   "train_subset": args.train_subset}
         if torch_backend:
             record.update(backend="torch", update_mode=args.update_mode)
+            if args.noise_list:
+                record.update(noise_list=args.noise_list)
         records.append(record)
     folders = [run_folder(args.out, experiment, args.SETTING, tau or 1.0, seed) for tau, seed in grid]
     train_set, test = train_set.to(device), TensorLoader(data.test.to(device), EVAL_BATCH,
@@ -506,7 +515,8 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
     names = ", ".join(f"{run_name(args.SETTING, tau or 1.0)} seed {seed}" for tau, seed in grid)
     print(f"{experiment} {names}: {len(train_set)} training images from {data.folder}, batch "
           f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, {device}"
-          + (f", {len(grid)} runs batched, {args.update_mode} updates" if torch_backend else ""))
+          + (f", {len(grid)} runs batched, {args.update_mode} updates" if torch_backend else "")
+          + (f", read noise from lists of {args.noise_list}" if args.noise_list else ""))
     loaders = [TensorLoader(train_set, args.batch_size, shuffle=True, seed=seed) for _, seed in grid]
     if torch_backend:
         train_runs(folders, lambda idx: builder([configs[i] for i in idx],

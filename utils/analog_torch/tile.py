@@ -5,7 +5,8 @@ A tile holds, for each of R runs, an ``out × in`` weight matrix on pulsed soft-
 
 * :func:`analog_mvm`: the forward / backward matrix-vector product with the IO non-idealities:
   ABS_MAX noise management, ITERATIVE bound management, DAC / ADC resolution and bounds, output
-  noise, additive weight noise.
+  noise, additive weight noise. The noise is drawn fresh, or (:func:`set_noise_list`) from fixed
+  lists as AIHWKit's CPU simulator draws it.
 * :meth:`AnalogTile.apply_update`: the pulsed SGD update ``W ← W − lr·Σ_b d_b x_bᵀ`` as AIHWKit
   does it: per sample b, stochastic pulse trains of BL_b ≤ desired_bl slots with update management,
   each coincidence one soft-bounds pulse. Two modes:
@@ -67,15 +68,26 @@ def _res_step(res: float, bound: float) -> float:
     return res * 2 * bound
 
 
-def _one_pass(weight: Tensor, x: Tensor, io: IOParameters) -> tuple[Tensor, Tensor]:
+def gaussian_like(y: Tensor, noise_list: Tensor | None = None) -> Tensor:
+    """Standard normal noise shaped like ``y`` (R, ...): fresh draws, or with ``noise_list``
+    (R, L) numbers picked from run r's fixed list at random (see :func:`set_noise_list`)."""
+    if noise_list is None:
+        return torch.randn_like(y)
+    R, size = noise_list.shape
+    picks = torch.randint(0, size, (R, y[0].numel()), device=y.device)
+    return noise_list.gather(1, picks).view(y.shape).to(y.dtype)
+
+
+def _one_pass(weight: Tensor, x: Tensor, io: IOParameters,
+              noise_list: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One pass through the array: DAC, matrix product, weight and output noise, ADC. Returns the
     outputs and, per sample, whether an output fell outside ±out_bound (before clipping)."""
     x = _quantize(x, _res_step(io.inp_res, io.inp_bound)).clamp(-io.inp_bound, io.inp_bound)
     y = torch.matmul(x, weight.transpose(-1, -2))
     if io.w_noise > 0 and io.w_noise_type == "additive_constant":
-        y = y + io.w_noise * x.norm(dim=-1, keepdim=True) * torch.randn_like(y)
+        y = y + io.w_noise * x.norm(dim=-1, keepdim=True) * gaussian_like(y, noise_list)
     if io.out_noise > 0:
-        y = y + io.out_noise * torch.randn_like(y)
+        y = y + io.out_noise * gaussian_like(y, noise_list)
     y = _quantize(y, _res_step(io.out_res, io.out_bound))
     over = y > io.out_bound
     if io.bm_test_negative_bound:
@@ -83,20 +95,21 @@ def _one_pass(weight: Tensor, x: Tensor, io: IOParameters) -> tuple[Tensor, Tens
     return y.clamp(-io.out_bound, io.out_bound), over.any(dim=-1, keepdim=True)
 
 
-def analog_mvm(weight: Tensor, x: Tensor, io: IOParameters, bound_management: bool = True) -> Tensor:
+def analog_mvm(weight: Tensor, x: Tensor, io: IOParameters, bound_management: bool = True,
+               noise_list: Tensor | None = None) -> Tensor:
     """``x @ weightᵀ`` through the analog periphery: weight (R, out, in), x (R, N, in) → (R, N, out).
     Per sample: divide by max|x| (ABS_MAX; an all-zero input gives 0), one pass, and with ITERATIVE
     bound management repeat it with the input halved (fresh noise) while an output saturates, up to
     a reduction of max_bm_factor or until the input grid would exceed max_bm_res; then scale back.
     For the backward pass call it with ``weight.transpose(-1, -2)`` and ``bound_management=False``
-    (AIHWKit turns bound management off there)."""
+    (AIHWKit turns bound management off there). ``noise_list``: see :func:`gaussian_like`."""
     if io.is_perfect:
         return torch.matmul(x, weight.transpose(-1, -2))
     scale = None
     if io.noise_management == "abs_max":
         scale = x.abs().amax(dim=-1, keepdim=True)
         x = x / torch.where(scale > 0, scale, torch.ones_like(scale))
-    y, over = _one_pass(weight, x, io)
+    y, over = _one_pass(weight, x, io, noise_list)
     if bound_management and io.bound_management == "iterative":
         bm = torch.ones_like(x[..., :1])
         inp_step = _res_step(io.inp_res, io.inp_bound)
@@ -106,7 +119,7 @@ def analog_mvm(weight: Tensor, x: Tensor, io: IOParameters, bound_management: bo
             if not bool(redo.any()):
                 break
             bm = torch.where(redo, bm * 2, bm)
-            y_new, over_new = _one_pass(weight, x / bm, io)
+            y_new, over_new = _one_pass(weight, x / bm, io, noise_list)
             y = torch.where(redo, y_new * bm, y)
             over = redo & over_new
     return y if scale is None else y * scale
@@ -281,6 +294,24 @@ def active_inputs(x: Tensor, worth: float = 0.9) -> Tensor | None:
     return order[:, :k]
 
 
+AIHWKIT_CPU_NOISE_LIST = 32768  # AIHWKit's CPU random generator: its Gaussian list's length
+_NOISE_LIST = {"size": 0}
+
+
+def set_noise_list(size: int) -> None:
+    """How tiles built from now on draw the Gaussian noise of their reads (output and weight noise).
+
+    0 (the default): fresh numbers on every read, as AIHWKit does on a GPU. ``size`` > 0: as
+    AIHWKit's CPU simulator does (size :data:`AIHWKIT_CPU_NOISE_LIST`), each number is picked at
+    random from a list of ``size`` standard normal numbers drawn once per tile (and run). That
+    tile's noise then keeps the list's sample mean, ≈ N(0, 1/size), on every read of the whole run:
+    ±0.55 % of the noise's std at 32,768, the same sign everywhere. Summed over the patches of a
+    convolution this is a systematic error (see README, "AIHWKit's CPU noise")."""
+    if size < 0:
+        raise ValueError(f"the noise list's size must be >= 0, got {size}")
+    _NOISE_LIST["size"] = int(size)
+
+
 _COMPILE = {"on": False}
 _COMPILED: dict[str, object] = {}
 
@@ -444,6 +475,10 @@ class AnalogTile(nn.Module):
                                         out_size, in_size, 2 * salt + 1)
             self.register_buffer("transfer_column", torch.zeros(self.runs, dtype=torch.long))
             self.register_buffer("batches_seen", torch.zeros(self.runs, dtype=torch.long))
+        size = _NOISE_LIST["size"]
+        # not saved: a resumed run draws a new list, as AIHWKit's generator does on loading
+        self.register_buffer("noise_list", torch.randn(self.runs, size)
+                             if size and self.kind != "fp" else None, persistent=False)
         self._stash: list[tuple[Tensor, Tensor]] = []
 
     # -- weights
@@ -476,13 +511,13 @@ class AnalogTile(nn.Module):
     def forward_pass(self, x: Tensor) -> Tensor:
         if self.kind == "fp":
             return torch.matmul(x, self.weight.transpose(-1, -2))
-        return analog_mvm(self.weight, x, self.config.forward)
+        return analog_mvm(self.weight, x, self.config.forward, noise_list=self.noise_list)
 
     def backward_pass(self, d: Tensor) -> Tensor:
         if self.kind == "fp":
             return torch.matmul(d, self.weight)
         return analog_mvm(self.weight.transpose(-1, -2), d, self.config.backward,
-                              bound_management=False)
+                          bound_management=False, noise_list=self.noise_list)
 
     def forward(self, x: Tensor) -> Tensor:
         """(R, N, in) → (R, N, out); in training mode the backward pass stashes (x, d)."""
@@ -523,7 +558,7 @@ class AnalogTile(nn.Module):
             # reading column c with the one-hot input e_c through the transfer IO: the other
             # inputs are 0, so this is the one-input pass of that column
             read = analog_mvm(self.fast.weight[:, :, col:col + 1], one,
-                              compound.transfer_forward)  # (R, 1, out)
+                              compound.transfer_forward, noise_list=self.noise_list)  # (R, 1, out)
             # C ← C + transfer_lr·A[:, c]: a pulsed update with x = e_c and d = −A[:, c]
             self.slow.update(one, -read, transfer_lr, compound.transfer_update, self.update_mode,
                              column=col)
