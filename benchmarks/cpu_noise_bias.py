@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
+from utils.analog_torch.tile import AIHWKIT_CPU_NOISE_LIST  # noqa: E402
 
 TAU = 0.7
 IN_CH, OUT_CH, K, SIDE, BATCH = 16, 32, 5, 12, 8
@@ -135,7 +136,8 @@ def main() -> None:
     report("AIHWKit CPU, output noise 0.06", aihwkit_rows(args.tiles, args.repeats, 0.06))
     report("AIHWKit CPU, output noise 0", aihwkit_rows(args.tiles, args.repeats, 0.0))
     report("torch, fresh noise", torch_rows(args.tiles, args.repeats, 0))
-    report("torch, --noise-list 32768", torch_rows(args.tiles, args.repeats, 32768))
+    report("torch, --noise-list 32768",
+           torch_rows(args.tiles, args.repeats, AIHWKIT_CPU_NOISE_LIST))
 
 
 if __name__ == "__main__":

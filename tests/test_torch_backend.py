@@ -286,7 +286,7 @@ def test_aihwkits_cpu_noise_has_a_mean_per_tile_and_the_noise_list_emulates_it()
     torch backend: zero-mean by default, AIHWKit-like with set_noise_list(32768)."""
     from aihwkit.nn import AnalogLinear
 
-    from utils.analog_torch.tile import set_noise_list
+    from utils.analog_torch.tile import AIHWKIT_CPU_NOISE_LIST, set_noise_list
 
     config, tiles, size, reads = _zero_weight_reads_config(), 10, 64, 40
     x = torch.ones(1000, size)
@@ -309,7 +309,7 @@ def test_aihwkits_cpu_noise_has_a_mean_per_tile_and_the_noise_list_emulates_it()
         return y.view(reads, tiles, -1).transpose(0, 1)
 
     assert _noise_mean_chi2(aihwkit_read, tiles) > 40
-    fresh, listed = torch_reads(0), torch_reads(32768)
+    fresh, listed = torch_reads(0), torch_reads(AIHWKIT_CPU_NOISE_LIST)
     assert _noise_mean_chi2(lambda t: fresh[t], tiles) < 40
     assert _noise_mean_chi2(lambda t: listed[t], tiles) > 40
 
