@@ -314,6 +314,53 @@ def test_aihwkits_cpu_noise_has_a_mean_per_tile_and_the_noise_list_emulates_it()
     assert _noise_mean_chi2(lambda t: listed[t], tiles) > 40
 
 
+def test_reseeding_an_aihwkit_tile_keeps_its_state_and_draws_a_new_noise_mean():
+    """--reseed-noise-every's reseed (a copy of the simulator tile): the weights, devices, A, the
+    learning rate and Tiki-Taka's next transfer column carry over, and each reseed draws a new
+    Gaussian list, so over 10 reseeds of one tile the noise means differ as between 10 tiles
+    (threshold as in the test above)."""
+    from aihwkit.nn import AnalogLinear
+    from aihwkit.optim import AnalogSGD
+
+    from utils.engine import reseed_aihwkit_tiles
+
+    config = devices.rpu_config("TT-v1", 0.7)
+    config.mapping.learn_out_scaling = False
+    layer = AnalogLinear(6, 3, bias=False, rpu_config=config)
+    tile = next(layer.analog_tiles())
+    tile.set_weights(torch.zeros(3, 6))
+    hidden = tile.get_hidden_parameters()
+    hidden["hidden_weights_0"] = torch.full((3, 6), 0.3)  # A: each transfer writes a column of C
+    tile.set_hidden_parameters(hidden)
+    optimizer = AnalogSGD(layer.parameters(), lr=0.05)
+
+    def step_and_columns() -> list[int]:  # no gradient: a step is one transfer
+        optimizer.zero_grad()
+        (layer(torch.zeros(4, 6)) * torch.zeros(4, 3)).sum().backward()
+        optimizer.step()
+        return (tile.tile.get_weights() != 0).any(0).nonzero().flatten().tolist()
+
+    assert step_and_columns() == [0] and step_and_columns() == [0, 1]
+    before = tile.get_hidden_parameters()
+    reseed_aihwkit_tiles(layer)
+    after = tile.get_hidden_parameters()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert tile.tile.get_learning_rate() == pytest.approx(0.05)
+    assert step_and_columns() == [0, 1, 2]
+
+    zero = _zero_weight_reads_config()
+    reader = AnalogLinear(64, 64, bias=False, rpu_config=zero)
+    next(reader.analog_tiles()).set_weights(torch.zeros(64, 64))
+    x = torch.ones(1000, 64)
+
+    def reseeded_read(_):
+        reseed_aihwkit_tiles(reader)
+        with torch.no_grad():
+            return torch.stack([reader(x) for _ in range(40)])
+
+    assert _noise_mean_chi2(reseeded_read, 10) > 40
+
+
 # --- batching, state, modes ----------------------------------------------------------------------
 
 def test_batched_runs_equal_single_runs_in_floating_point():
@@ -534,12 +581,24 @@ def test_torch_backend_lands_in_aihwkits_seed_spread(mnist_root, tmp_path):
         assert min(ref) - 0.05 <= mean <= max(ref) + 0.05, (setting, ref, ours)
 
 
+def test_reseeded_aihwkit_run_trains_into_its_own_folder(mnist_root, tmp_path):
+    res = train(mnist_root, tmp_path, "--SETTING", "TT-v1", "--tau", "0.7", "--epochs", "1",
+                "--train-subset", "100", "--reseed-noise-every", "3")
+    assert res.returncode == 0, res.stderr
+    folder = tmp_path / "runs" / "MNIST-FCN-reseed3" / "TT-v1-tau=0.7" / "seed0"
+    assert json.loads((folder / "config.json").read_text())["reseed_noise_every"] == 3
+    assert [json.loads(line)["epoch"] for line in
+            (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert not (tmp_path / "runs" / "MNIST-FCN").exists()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--backend", "torch", "--CUDA", "3"], "--CUDA 3"),
     (["--backend", "jax"], "invalid choice"),
     (["--update-mode", "exact"], "invalid choice"),
     (["--noise-list", "32768"], "--noise-list needs --backend torch"),
     (["--backend", "torch", "--noise-list", "-1"], "must be a whole number >= 0"),
+    (["--backend", "torch", "--reseed-noise-every", "5"], "acts on AIHWKit's CPU tiles only"),
 ])
 def test_bad_backend_flags_fail_with_one_line(mnist_root, tmp_path, flags, message):
     res = train(mnist_root, tmp_path, *flags)

@@ -122,6 +122,12 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
                              "32768); its mean then biases every read (README, \"AIHWKit's CPU "
                              "noise\"). 0: fresh numbers on every read, as AIHWKit on a GPU "
                              "(default: %(default)s). Runs go to MNIST-<NET>-torch-list<N>/")
+    parser.add_argument("--reseed-noise-every", type=nonneg_int, default=0, metavar="K",
+                        help="AIHWKit on the CPU only: every K training steps give each tile a new "
+                             "random generator, so the mean its read noise keeps (README, "
+                             "\"AIHWKit's CPU noise\") changes; ≈ 60 ms per reseed of the CNN's "
+                             "tiles. 0: never, AIHWKit as it is (default: %(default)s). Runs go to "
+                             "MNIST-<NET>-reseed<K>/")
     parser.add_argument("--epochs", type=positive_int, default=epochs,
                         help="training epochs (default: %(default)s); a larger value continues a "
                              "finished run")

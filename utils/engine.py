@@ -29,6 +29,7 @@ analog head may stay on the CPU) and settings that may change on resume.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import time
@@ -272,6 +273,34 @@ def _analog_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return AnalogSGD(model.parameters(), lr=lr)  # one group, no regroup_param_groups (authors)
 
 
+def reseed_aihwkit_tiles(model: nn.Module) -> None:
+    """Give every AIHWKit tile of ``model`` a new random generator, so the mean its read noise
+    keeps changes (README, "AIHWKit's CPU noise"). The simulator tile is rebuilt from the tile's
+    state (a copy of the C++ object alone would keep its seed, hence its list of Gaussian numbers):
+    weights, devices, learning rate and Tiki-Taka's transfer position carry over, and the hidden
+    parameters are set again because rebuilding zeroes A (as loading a state does, Deviation 18)."""
+    for tile in model.analog_tiles():
+        hidden = tile.get_hidden_parameters()
+        tile.tile = copy.deepcopy(tile).tile
+        tile.set_hidden_parameters(hidden)
+
+
+def _reseeding_analog_sgd(every: int, lr: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    """A maker of AnalogSGD (one group at ``lr``) that reseeds the model's tiles after every
+    ``every``-th step."""
+    def make(model: nn.Module) -> torch.optim.Optimizer:
+        optimizer = _analog_sgd(model, lr)
+        steps = [0]
+
+        def after_step(*_) -> None:
+            steps[0] += 1
+            if steps[0] % every == 0:
+                reseed_aihwkit_tiles(model)
+        optimizer.register_step_post_hook(after_step)
+        return optimizer
+    return make
+
+
 def _named_group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """{name: lr} of the param groups that carry a "name" (none in the MNIST runs)."""
     return {g["name"]: g["lr"] for g in optimizer.param_groups if "name" in g}
@@ -444,20 +473,21 @@ def _save_state(path: Path, epoch: int, model_state: dict, optimizer, scheduler)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def backend_suffix(backend: str = "aihwkit", update_mode: str = "moment", noise_list: int = 0) -> str:
-    """What the torch backend appends to an experiment's runs/ folder: "" (AIHWKit), "-torch"
-    (moment-matched updates), "-torch-pulse" (exact pulses), then "-list<N>" when its read noise
-    comes from fixed lists of N numbers (--noise-list)."""
+def backend_suffix(backend: str = "aihwkit", update_mode: str = "moment", noise_list: int = 0,
+                   reseed_every: int = 0) -> str:
+    """What a backend appends to an experiment's runs/ folder: "" (AIHWKit) or "-reseed<K>"
+    (--reseed-noise-every K); "-torch" (moment-matched updates) or "-torch-pulse" (exact pulses),
+    then "-list<N>" when the read noise comes from fixed lists of N numbers (--noise-list)."""
     if backend == "aihwkit":
-        return ""
+        return f"-reseed{reseed_every}" if reseed_every else ""
     return ("-torch" + ("-pulse" if update_mode == "pulse" else "")
             + (f"-list{noise_list}" if noise_list else ""))
 
 
 def experiment_name(network: str, backend: str = "aihwkit", update_mode: str = "moment",
-                    noise_list: int = 0) -> str:
+                    noise_list: int = 0, reseed_every: int = 0) -> str:
     """The runs/ subfolder of an MNIST network: "MNIST-FCN", "MNIST-FCN-torch", "MNIST-FCN-torch-pulse"."""
-    return f"MNIST-{network}{backend_suffix(backend, update_mode, noise_list)}"
+    return f"MNIST-{network}{backend_suffix(backend, update_mode, noise_list, reseed_every)}"
 
 
 def train_mnist(args: argparse.Namespace, network: str) -> None:
@@ -471,6 +501,9 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
     if args.noise_list and not torch_backend:
         raise UserError("--noise-list needs --backend torch (AIHWKit's own CPU tiles always draw "
                         "their noise from such lists)")
+    if args.reseed_noise_every and (torch_backend or args.CUDA != -1):
+        raise UserError("--reseed-noise-every acts on AIHWKit's CPU tiles only (--backend aihwkit, "
+                        "--CUDA -1); the torch backend and AIHWKit on a GPU draw fresh noise")
     device = torch_device(args.CUDA, require_aihwkit_cuda=not torch_backend)
     torch.set_num_threads(args.threads)
     taus = [None] if args.SETTING == "FP SGD" else list(dict.fromkeys(args.tau))
@@ -498,7 +531,8 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
             raise UserError(f"--train-subset {args.train_subset} exceeds the {len(train_set)} "
                             "training images")
         train_set = train_set.head(args.train_subset)
-    experiment = experiment_name(network, args.backend, args.update_mode, args.noise_list)
+    experiment = experiment_name(network, args.backend, args.update_mode, args.noise_list,
+                                 args.reseed_noise_every)
     records = []
     for (tau, _), config in zip(grid, configs, strict=True):
         record = {"experiment": experiment, "model": builder.__name__, "setting": args.SETTING,
@@ -508,6 +542,8 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
             record.update(backend="torch", update_mode=args.update_mode)
             if args.noise_list:
                 record.update(noise_list=args.noise_list)
+        elif args.reseed_noise_every:
+            record.update(reseed_noise_every=args.reseed_noise_every)
         records.append(record)
     folders = [run_folder(args.out, experiment, args.SETTING, tau or 1.0, seed) for tau, seed in grid]
     train_set, test = train_set.to(device), TensorLoader(data.test.to(device), EVAL_BATCH,
@@ -516,7 +552,9 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
     print(f"{experiment} {names}: {len(train_set)} training images from {data.folder}, batch "
           f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, {device}"
           + (f", {len(grid)} runs batched, {args.update_mode} updates" if torch_backend else "")
-          + (f", read noise from lists of {args.noise_list}" if args.noise_list else ""))
+          + (f", read noise from lists of {args.noise_list}" if args.noise_list else "")
+          + (f", tiles reseeded every {args.reseed_noise_every} steps"
+             if args.reseed_noise_every else ""))
     loaders = [TensorLoader(train_set, args.batch_size, shuffle=True, seed=seed) for _, seed in grid]
     if torch_backend:
         train_runs(folders, lambda idx: builder([configs[i] for i in idx],
@@ -524,11 +562,13 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
                    loaders, test, lr=args.lr, epochs=args.epochs, seeds=[s for _, s in grid],
                    device=device, records=records, save_model=args.save_checkpoint)
         return
+    make_optimizer = (_reseeding_analog_sgd(args.reseed_noise_every, args.lr)
+                      if args.reseed_noise_every else None)
     for folder, config, (_, seed), loader, record in zip(folders, configs, grid, loaders, records,
                                                          strict=True):
         train(folder, lambda config=config: builder(config), loader, test, lr=args.lr,
               epochs=args.epochs, seed=seed, device=device, record=record,
-              save_model=args.save_checkpoint)
+              save_model=args.save_checkpoint, make_optimizer=make_optimizer)
 
 
 def mnist_main(doc: str | None, network: str, batch_size: int,
