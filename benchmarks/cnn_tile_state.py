@@ -42,18 +42,24 @@ def main() -> None:
         if not (folder / "checkpoint.pt").is_file():
             raise SystemExit(f"{folder / 'checkpoint.pt'}: no checkpoint; give the folder of a "
                              "finished TT-v1 CNN run")
-    print("run | epoch | test acc % | " + " | ".join(
-        f"{name}: mean A, mean |A|, mean |C|, alpha" for name, _ in CONVS))
+    rows = []
     for folder in folders:
         ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
         last = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
         cells = []
         for _, index in CONVS:
-            a, c, alpha = conv_state(ckpt["model_state_dict"], index)
+            try:
+                a, c, alpha = conv_state(ckpt["model_state_dict"], index)
+            except KeyError:
+                raise SystemExit(f"{folder}: not a TT-v1 CNN run (no Tiki-Taka convolution at "
+                                 f"position {index})") from None
             cells.append(f"{float(a.mean()):+.4f}, {float(a.abs().mean()):.4f}, "
                          f"{float(c.abs().mean()):.3f}, {alpha:.2f}")
-        print(f"{folder} | {ckpt['epoch']} | {100 * last['test_acc']:.2f} | " + " | ".join(cells))
-
+        rows.append(f"{folder} | {ckpt['epoch']} | {100 * last['test_acc']:.2f} | "
+                    + " | ".join(cells))
+    print("run | epoch | test acc % | " + " | ".join(
+        f"{name}: mean A, mean |A|, mean |C|, alpha" for name, _ in CONVS))
+    print("\n".join(rows))
 
 if __name__ == "__main__":
     main()
