@@ -493,6 +493,49 @@ def test_compiled_update_equals_eager():
     assert float((outs[0] - 0.1).abs().max()) > 0
 
 
+@pytest.mark.parametrize("n_in, n_out, lines", [(5, 3, None), (3, 5, None), (1, 4, [2])])
+def test_drawn_coincidences_have_the_exact_mean_and_variance(n_in, n_out, lines):
+    """The pulse mode's coincidence counts (listed sparsely, whichever side is drawn first, and
+    for one column mapped onto line 2 of 3 as in a transfer) against their exact statistics: in
+    sample b, device (i, j) counts Binomial(bl_b, p_bj·q_bi) up or down by the sign of x_bj·d_bi.
+    2 runs, 3 samples of different train lengths (one of them 0), mixed signs; 6,000 draws."""
+    from utils.analog_torch.tile import sparse_counts
+
+    g = torch.Generator().manual_seed(5)
+    R, N, draws = 2, 3, 6000
+    x = torch.randn(R, N, n_in, generator=g)
+    d = torch.randn(R, N, n_out, generator=g)
+    p, q = torch.rand(R, N, n_in, generator=g) * 0.8 + 0.1, torch.rand(R, N, n_out, generator=g)
+    bl = torch.tensor([[[3.0], [1.0], [0.0]], [[2.0], [4.0], [1.0]]])
+    rows = 3 if lines else n_in
+    shape = torch.Size((R, rows, n_out))
+    line = torch.tensor(lines) if lines else None
+    up, down = torch.zeros(draws, shape.numel()), torch.zeros(draws, shape.numel())
+    torch.manual_seed(0)
+    for k in range(draws):
+        fired = sparse_counts(x, d, p, q, bl, line, shape)
+        if fired is not None:
+            up[k, fired[0]], down[k, fired[0]] = fired[1], fired[2]
+    pq = p.unsqueeze(-1) * q.unsqueeze(-2)  # (R, N, in, out): a slot's coincidence probability
+    rate, var = bl.unsqueeze(-1) * pq, bl.unsqueeze(-1) * pq * (1 - pq)
+    goes_down = (x.unsqueeze(-1) * d.unsqueeze(-2)) > 0
+    exact = {}
+    for name, mask in (("up", ~goes_down), ("down", goes_down)):
+        mean, spread = (torch.zeros(R, rows, n_out) for _ in range(2))
+        cols = line if line is not None else torch.arange(n_in)
+        mean[:, cols] = (rate * mask).sum(1)
+        spread[:, cols] = (var * mask).sum(1)
+        exact[name] = mean.reshape(-1), spread.reshape(-1)
+    for name, counts in (("up", up), ("down", down)):
+        mean, variance = exact[name]
+        assert bool((counts[:, mean == 0] == 0).all()), name  # nothing where nothing can fire
+        live = mean > 0
+        assert live.sum() >= 4
+        se = (variance[live] / draws).sqrt()
+        assert float(((counts.mean(0)[live] - mean[live]) / se).abs().max()) < 4.5, name
+        assert rel(counts.var(0)[live], variance[live]) < 0.06, name
+
+
 @pytest.mark.parametrize("mode", ["moment", "pulse"])
 def test_lines_without_input_are_skipped_and_left_exactly_as_they_are(mode):
     """Run 0 sees inputs 1 and 4 zero throughout, run 1 only input 4: the skipped devices keep
