@@ -132,9 +132,10 @@ def main() -> None:
     for mode in ("moment", "pulse"):
         variants[f"torch {mode}, 1 run"] = (
             torch_variant(args.model, args.setting, mode, 1, device), one_dev, 1)
-    variants[f"torch moment, {args.runs} runs batched"] = (
-        torch_variant(args.model, args.setting, "moment", args.runs, device),
-        batches(x, y, args.model, args.runs, steps, device), args.runs)
+    many = batches(x, y, args.model, args.runs, steps, device)
+    for mode in ("moment", "pulse"):
+        variants[f"torch {mode}, {args.runs} runs batched"] = (
+            torch_variant(args.model, args.setting, mode, args.runs, device), many, args.runs)
     best = {name: float("inf") for name in variants}
     for r in range(args.repeats):
         for name, (step, data, _) in variants.items():
