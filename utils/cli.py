@@ -164,8 +164,10 @@ def add_backend_flags(parser: argparse.ArgumentParser, backend_help: str,
     parser.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
                         help="torch backend only: moment = the pulse counts' mean and covariance "
                              "(per device, and between the devices of one row or column) from "
-                             "matrix products (faster, default); pulse = every pulse train drawn "
-                             "(exact coincidence counts, slower)")
+                             "matrix products, on every device (default; the faster one when "
+                             "pulses are many, e.g. the CNN); pulse = every pulse train drawn, "
+                             "exact coincidence counts, only the devices that got a pulse touched "
+                             "(the faster one when pulses are few, e.g. the FCN)")
     if compile_flag:
         parser.add_argument("--no-compile", action="store_true",
                             help="torch backend only: do not fuse the moment-matched update with "
