@@ -174,11 +174,12 @@ def sparse_counts(x: Tensor, d: Tensor, p: Tensor, q: Tensor, bl: Tensor, lines:
     ``lines[k]`` (all lines in order if None). p, q, bl: see :func:`pulse_probabilities`.
 
     The cost grows with the number of pulses more than with the number of devices, as in AIHWKit:
-    with BL ≈ 1 and small errors a mini-batch of the MNIST FCN fires a few hundred coincidences
-    on ~10⁵ devices. The side with fewer lines (usually the outputs) is drawn first, for every
-    sample and slot; the other side only in the slots where the first fired (elsewhere its pulses
-    meet nothing: the trains are independent, so this leaves the counts' distribution exact).
-    In each such slot every fired line of one side meets every fired line of the other."""
+    with BL ≈ 1 and small errors a mini-batch of the MNIST FCN fires some hundreds to thousands of
+    coincidences on its 2.3·10⁵ devices. The side with fewer lines (usually the outputs) is drawn
+    first, for every sample and slot; the other side only in the slots where the first fired
+    (elsewhere its pulses meet nothing: the trains are independent, so this leaves the counts'
+    distribution exact). In each such slot every fired line of one side meets every fired line of
+    the other."""
     R, N, n_in = x.shape
     n_out = d.shape[-1]
     slots = int(bl.max().item()) if bl.numel() else 0
@@ -456,7 +457,7 @@ class SoftBoundsArray(nn.Module):
             raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
 
     def _pulse_step(self, x: Tensor, d: Tensor, lr: float, flags: tuple, c2c_var: Tensor,
-                      column: int | None) -> None:
+                    column: int | None) -> None:
         """Every pulse train drawn; only the devices that got a pulse are read and written."""
         p, q, bl = pulse_probabilities(x, d, lr, self.dw_min, *flags)
         stored = [getattr(self, f"{name}_t") for name in SoftBoundsArray.STORED]  # weight first
@@ -474,7 +475,7 @@ class SoftBoundsArray(nn.Module):
         stored[0].view(-1).index_copy_(0, devices, torch.minimum(torch.maximum(new, b_min), b_max))
 
     def _moment_step(self, x: Tensor, d: Tensor, lr: float, flags: tuple, c2c_var: Tensor,
-                       column: int | None) -> None:
+                     column: int | None) -> None:
         """Moment-matched counts on every device of a live input line (the lines whose x is
         zero throughout get no pulse and are skipped)."""
         stored = [getattr(self, f"{name}_t") for name in SoftBoundsArray.STORED]  # weight first
