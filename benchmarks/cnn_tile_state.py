@@ -61,5 +61,6 @@ def main() -> None:
         f"{name}: mean A, mean |A|, mean |C|, alpha" for name, _ in CONVS))
     print("\n".join(rows))
 
+
 if __name__ == "__main__":
     main()

@@ -447,20 +447,20 @@ class SoftBoundsArray(nn.Module):
         """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes).
         With ``column``, x holds that one input (R, N, 1) and only that column of devices is
         updated (a Tiki-Taka transfer)."""
+        stored = [getattr(self, f"{name}_t") for name in SoftBoundsArray.STORED]  # weight first
         c2c_var = self.dw_min_std.square()
         flags = (up.desired_bl, up.update_bl_management, up.update_management, up.um_grad_scale)
         if mode == "pulse":
-            self._pulse_step(x, d, lr, flags, c2c_var, column)
+            self._pulse_step(stored, x, d, lr, flags, c2c_var, column)
         elif mode == "moment":
-            self._moment_step(x, d, lr, flags, c2c_var, column)
+            self._moment_step(stored, x, d, lr, flags, c2c_var, column)
         else:
             raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
 
-    def _pulse_step(self, x: Tensor, d: Tensor, lr: float, flags: tuple, c2c_var: Tensor,
-                    column: int | None) -> None:
+    def _pulse_step(self, stored: list[Tensor], x: Tensor, d: Tensor, lr: float, flags: tuple,
+                    c2c_var: Tensor, column: int | None) -> None:
         """Every pulse train drawn; only the devices that got a pulse are read and written."""
         p, q, bl = pulse_probabilities(x, d, lr, self.dw_min, *flags)
-        stored = [getattr(self, f"{name}_t") for name in SoftBoundsArray.STORED]  # weight first
         lines = None if column is None else torch.tensor([column], device=x.device)
         fired = sparse_counts(x, d, p, q, bl, lines, stored[0].shape)
         if fired is None:
@@ -474,11 +474,10 @@ class SoftBoundsArray(nn.Module):
         new = new + var.sqrt() * torch.randn_like(new)
         stored[0].view(-1).index_copy_(0, devices, torch.minimum(torch.maximum(new, b_min), b_max))
 
-    def _moment_step(self, x: Tensor, d: Tensor, lr: float, flags: tuple, c2c_var: Tensor,
-                     column: int | None) -> None:
+    def _moment_step(self, stored: list[Tensor], x: Tensor, d: Tensor, lr: float, flags: tuple,
+                     c2c_var: Tensor, column: int | None) -> None:
         """Moment-matched counts on every device of a live input line (the lines whose x is
         zero throughout get no pulse and are skipped)."""
-        stored = [getattr(self, f"{name}_t") for name in SoftBoundsArray.STORED]  # weight first
         rows = None
         if column is not None:
             stored = [t[:, column:column + 1] for t in stored]
