@@ -12,7 +12,9 @@ images at the authors' batch size (FCN 10, CNN 8). Writes a Markdown table (``--
 ratios to AIHWKit, the machine and the settings. The mini-batches are real MNIST training images
 when MNIST is in ``--data-root`` (the torch backend skips the input lines that are zero in a whole
 mini-batch, so its cost depends on the images; AIHWKit's hardly does), else uniform random images,
-which the title then says (no line is ever zero: the torch backend's slowest case).
+which the title then says (no line is ever zero: the torch backend's slowest case). On a CPU the
+torch variants use the C++ kernels (utils/analog_torch/native.py) unless --no-compile; the
+"tensor operations only" variants run the pulse mode without them, to show what they gain.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 from utils.analog_torch import nn as tnn  # noqa: E402
+from utils.analog_torch.native import kernels, set_native  # noqa: E402
 from utils.analog_torch.presets import SETTINGS, resolve  # noqa: E402
 from utils.analog_torch.tile import set_compile  # noqa: E402
 
@@ -115,7 +118,8 @@ def main() -> None:
                    help="where MNIST is (default: data); without it, random images are used")
     p.add_argument("--no-aihwkit", action="store_true", help="skip AIHWKit (e.g. on a GPU machine "
                    "without it); ratios are then to the torch backend's one-run moment mode")
-    p.add_argument("--no-compile", action="store_true", help="do not fuse the update (torch.compile)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="neither the C++ kernels nor torch.compile's fused moment update")
     p.add_argument("--out", type=Path, default=None, help="write the table to OUT/<name>.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -127,18 +131,22 @@ def main() -> None:
     one = batches(x, y, args.model, 1, steps, torch.device("cpu"))
     variants = {}
     if not args.no_aihwkit:
-        variants["AIHWKit (CPU)"] = (aihwkit_variant(args.model, args.setting), one, 1)
+        variants["AIHWKit (CPU)"] = (aihwkit_variant(args.model, args.setting), one, 1, False)
     one_dev = [(x.to(device), y.to(device)) for x, y in one]
-    for mode in ("moment", "pulse"):
-        variants[f"torch {mode}, 1 run"] = (
-            torch_variant(args.model, args.setting, mode, 1, device), one_dev, 1)
     many = batches(x, y, args.model, args.runs, steps, device)
-    for mode in ("moment", "pulse"):
-        variants[f"torch {mode}, {args.runs} runs batched"] = (
-            torch_variant(args.model, args.setting, mode, args.runs, device), many, args.runs)
+    cpp = not args.no_compile and device.type == "cpu" and kernels() is not None
+    for runs, data in ((1, one_dev), (args.runs, many)):
+        label = "1 run" if runs == 1 else f"{runs} runs batched"
+        for mode in ("moment", "pulse"):
+            variants[f"torch {mode}, {label}"] = (
+                torch_variant(args.model, args.setting, mode, runs, device), data, runs, cpp)
+        if cpp:  # the same without the C++ kernels: what they gain
+            variants[f"torch pulse, {label}, tensor operations only"] = (
+                torch_variant(args.model, args.setting, "pulse", runs, device), data, runs, False)
     best = {name: float("inf") for name in variants}
     for r in range(args.repeats):
-        for name, (step, data, _) in variants.items():
+        for name, (step, data, _, native) in variants.items():
+            set_native(native)
             best[name] = min(best[name], timed(step, data, args.warmup if r == 0 else 5, device))
             print(f"repeat {r + 1}: {name}: {1e3 * best[name]:.3f} ms/step", flush=True)
     reference = next(iter(variants))
@@ -146,7 +154,8 @@ def main() -> None:
     steps_per_epoch = TRAIN_IMAGES // BATCH[args.model]
     title = (f"{args.model.upper()}, {args.setting}, τ = {TAU}, batch {BATCH[args.model]}, "
              f"{args.threads} thread(s), {source.split(' (')[0]}, torch backend on {device}"
-             f"{'' if args.no_compile else ' (update fused by torch.compile)'}")
+             + ("" if args.no_compile else " (C++ kernels on a CPU; moment update fused by "
+                "torch.compile)"))
     lines = [f"# Backend speed: {title}", "",
              f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
              f"thread(s), torch {torch.__version__}"

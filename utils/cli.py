@@ -164,15 +164,16 @@ def add_backend_flags(parser: argparse.ArgumentParser, backend_help: str,
     parser.add_argument("--update-mode", choices=("moment", "pulse"), default="moment",
                         help="torch backend only: moment = the pulse counts' mean and covariance "
                              "(per device, and between the devices of one row or column) from "
-                             "matrix products, on every device (default; the faster one when "
-                             "pulses are many, e.g. the CNN); pulse = every pulse train drawn, "
-                             "exact coincidence counts, only the devices that got a pulse touched "
-                             "(the faster one when pulses are few, e.g. the FCN)")
+                             "matrix products, on every device (default); pulse = every pulse "
+                             "train drawn, exact coincidence counts, only the devices that got a "
+                             "pulse touched (on a CPU with the C++ kernels: pulse by pulse, as "
+                             "AIHWKit; the faster mode there, see README 'Speed')")
     if compile_flag:
         parser.add_argument("--no-compile", action="store_true",
-                            help="torch backend only: do not fuse the moment-matched update with "
-                                 "torch.compile (which needs a C++ compiler on a CPU and takes "
-                                 "seconds once per tile shape)")
+                            help="torch backend only: on a CPU, run without the C++ kernels "
+                                 "(built once, about a minute, on first use) and without "
+                                 "torch.compile's fused moment update (seconds once per tile "
+                                 "shape); both need a C++ compiler")
 
 
 def torch_device(cuda: int, require_aihwkit_cuda: bool = True):

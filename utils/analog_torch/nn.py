@@ -88,17 +88,17 @@ class AnalogLinear(nn.Module):
     def forward_runs(self, x: Tensor) -> Tensor:
         """(R, N, in) → (R, N, out)."""
         outs, k = [], 0
-        xs = x.split(self.in_sizes, dim=-1)
+        xs = x.split(self.in_sizes, dim=-1) if len(self.in_sizes) > 1 else (x,)
         for _ in self.out_sizes:
-            total = 0
+            total = None
             for j in range(len(self.in_sizes)):
                 y = self.tiles[k](xs[j])
                 if self.out_scaling is not None:
                     y = y * self.out_scaling[k].view(-1, 1, 1)
-                total = total + y
+                total = y if total is None else total + y
                 k += 1
             outs.append(total)
-        y = torch.cat(outs, dim=-1)
+        y = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
         return y if self.bias is None else y + self.bias.unsqueeze(1)
 
     def forward(self, x: Tensor) -> Tensor:

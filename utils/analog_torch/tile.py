@@ -48,8 +48,10 @@ from utils.analog_torch.config import (
     UnitCellRPUConfig,
     UpdateParameters,
 )
+from utils.analog_torch.native import kernels, set_native
 
 UPDATE_MODES = ("pulse", "moment")
+_ALL_LINES = torch.empty(0, dtype=torch.long)  # the C++ update's "x drives every line"
 OUT_BOUND_MASK = 0.999  # outputs with |y| ≥ this × out_bound pass no error backwards (as AIHWKit)
 
 
@@ -106,6 +108,17 @@ def analog_mvm(weight: Tensor, x: Tensor, io: IOParameters, bound_management: bo
     (AIHWKit turns bound management off there). ``noise_list``: see :func:`gaussian_like`."""
     if io.is_perfect:
         return torch.matmul(x, weight.transpose(-1, -2))
+    native = kernels() if x.device.type == "cpu" else None
+    if native is not None and x.dtype == torch.float32 and weight.dtype == torch.float32:
+        inp_step = _res_step(io.inp_res, io.inp_bound)
+        additive = io.w_noise > 0 and io.w_noise_type == "additive_constant"
+        return native.io_pass(
+            weight.transpose(-1, -2), x, io.inp_bound, inp_step, io.out_bound,
+            _res_step(io.out_res, io.out_bound), io.out_noise, io.w_noise if additive else 0.0,
+            io.noise_management == "abs_max",
+            bound_management and io.bound_management == "iterative",
+            min(io.max_bm_factor, io.max_bm_res / inp_step if inp_step > 0 else math.inf),
+            io.bm_test_negative_bound, noise_list)
     scale = None
     if io.noise_management == "abs_max":
         scale = x.abs().amax(dim=-1, keepdim=True)
@@ -361,6 +374,7 @@ def set_compile(on: bool) -> None:
     passes; needs a C++ compiler on a CPU, and the first step of each tile shape takes seconds).
     Off by default; the training scripts turn it on unless --no-compile."""
     _COMPILE["on"] = bool(on)
+    set_native(on)
 
 
 def _fused(name: str, fn):
@@ -447,19 +461,26 @@ class SoftBoundsArray(nn.Module):
         """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes).
         With ``column``, x holds that one input (R, N, 1) and only that column of devices is
         updated (a Tiki-Taka transfer)."""
-        stored = [getattr(self, f"{name}_t") for name in SoftBoundsArray.STORED]  # weight first
-        c2c_var = self.dw_min_std.square()
+        buffers = self._buffers
+        stored = [buffers[f"{name}_t"] for name in SoftBoundsArray.STORED]  # weight first
+        c2c_std = self.dw_min_std
         flags = (up.desired_bl, up.update_bl_management, up.update_management, up.um_grad_scale)
         if mode == "pulse":
-            self._pulse_step(stored, x, d, lr, flags, c2c_var, column)
+            self._pulse_step(stored, x, d, lr, flags, c2c_std, column)
         elif mode == "moment":
-            self._moment_step(stored, x, d, lr, flags, c2c_var, column)
+            self._moment_step(stored, x, d, lr, flags, c2c_std, column)
         else:
             raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
 
     def _pulse_step(self, stored: list[Tensor], x: Tensor, d: Tensor, lr: float, flags: tuple,
-                    c2c_var: Tensor, column: int | None) -> None:
-        """Every pulse train drawn; only the devices that got a pulse are read and written."""
+                    c2c_std: Tensor, column: int | None) -> None:
+        """Every pulse train drawn; only the devices that got a pulse are read and written. With
+        the C++ kernels, pulse by pulse and sample by sample, as AIHWKit applies them."""
+        native = kernels() if x.device.type == "cpu" else None
+        if native is not None and x.dtype == torch.float32:
+            native.pulse_update(*stored, self.dw_min, self.dw_min_std, x, d, float(lr), *flags,
+                                _ALL_LINES if column is None else torch.tensor([column]))
+            return
         p, q, bl = pulse_probabilities(x, d, lr, self.dw_min, *flags)
         lines = None if column is None else torch.tensor([column], device=x.device)
         fired = sparse_counts(x, d, p, q, bl, lines, stored[0].shape)
@@ -469,13 +490,13 @@ class SoftBoundsArray(nn.Module):
         w, s_up, s_down, b_max, b_min = (t.view(-1).index_select(0, devices) for t in stored)
         new = _soft_bounds_mean(w, s_up, s_down, b_max, b_min, n_up, n_down)
         run = devices // stored[0][0].numel()
-        var = c2c_var.view(-1).index_select(0, run) * (s_up.square() * n_up
+        var = c2c_std.square().view(-1).index_select(0, run) * (s_up.square() * n_up
                                                        + s_down.square() * n_down)
         new = new + var.sqrt() * torch.randn_like(new)
         stored[0].view(-1).index_copy_(0, devices, torch.minimum(torch.maximum(new, b_min), b_max))
 
     def _moment_step(self, stored: list[Tensor], x: Tensor, d: Tensor, lr: float, flags: tuple,
-                     c2c_var: Tensor, column: int | None) -> None:
+                     c2c_std: Tensor, column: int | None) -> None:
         """Moment-matched counts on every device of a live input line (the lines whose x is
         zero throughout get no pulse and are skipped)."""
         rows = None
@@ -490,7 +511,8 @@ class SoftBoundsArray(nn.Module):
         lr_t = torch.tensor(lr, dtype=x.dtype, device=x.device)
         count = stored[0].numel() if rows is None else rows.numel() * stored[0].shape[-1]
         new = _fused("moment", _moment_update)(
-            *stored, c2c_var, self.dw_min, x, d, lr_t, torch.randn_like(x), torch.randn_like(d),
+            *stored, c2c_std.square(), self.dw_min, x, d, lr_t, torch.randn_like(x),
+            torch.randn_like(d),
             random_bytes(count, x.device), rows, *flags)
         if new is not None:
             _store(stored[0], new, rows)
@@ -590,8 +612,11 @@ class AnalogTile(nn.Module):
         """Update with everything stashed since the last call, at SGD learning rate ``lr``."""
         if not self._stash:
             return
-        x = torch.cat([s[0] for s in self._stash], dim=1)
-        d = torch.cat([s[1] for s in self._stash], dim=1)
+        if len(self._stash) == 1:
+            x, d = self._stash[0]
+        else:
+            x = torch.cat([s[0] for s in self._stash], dim=1)
+            d = torch.cat([s[1] for s in self._stash], dim=1)
         self._stash.clear()
         if self.kind == "fp":
             self.fp_weight.sub_(lr * _pair(d, x))

@@ -1,0 +1,379 @@
+// C++ kernels of the torch backend on a CPU (built on first use by torch.utils.cpp_extension; see
+// utils/analog_torch/native.py). They do what utils/analog_torch/tile.py does with tensor
+// operations, in one call each, because on small tensors a tensor operation costs microseconds of
+// dispatch and a training step of the MNIST FCN would run about a thousand of them:
+//
+//   io_pass       analog_mvm: ABS_MAX noise management, DAC, matrix product, weight and output
+//                 noise, ADC, ITERATIVE bound management.
+//   pulse_update  the pulsed update of one soft-bounds array, pulse by pulse as AIHWKit applies it:
+//                 per sample the stochastic pulse trains with bit-length and update management,
+//                 and each coincidence one soft-bounds pulse with cycle-to-cycle noise, clipped at
+//                 the device's bounds.
+//
+// Random numbers come from a xoshiro256** stream seeded from torch's default CPU generator, so
+// torch.manual_seed makes a run repeatable and a saved torch RNG state resumes it.
+
+#include <torch/extension.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+namespace {
+
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) {
+    for (auto& word : s_) {  // splitmix64
+      seed += 0x9E3779B97F4A7C15ULL;
+      uint64_t z = seed;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+      word = z ^ (z >> 31);
+    }
+  }
+  uint64_t next() {
+    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+  }
+  // uniform on [0, 1) with 24 bits, as torch.rand's float32
+  float uniform() { return static_cast<float>(next() >> 40) * (1.0f / 16777216.0f); }
+  // 32 uniformly random bits (the two halves of one 64-bit draw in turn)
+  uint32_t next32() {
+    if (have_half_) {
+      have_half_ = false;
+      return half_;
+    }
+    const uint64_t v = next();
+    half_ = static_cast<uint32_t>(v);
+    have_half_ = true;
+    return static_cast<uint32_t>(v >> 32);
+  }
+  // uniform on (0, 1]
+  float uniform_open() { return static_cast<float>((next() >> 40) + 1) * (1.0f / 16777216.0f); }
+  // an index in [0, n)
+  int64_t below(int64_t n) {
+    return static_cast<int64_t>((static_cast<unsigned __int128>(next()) * n) >> 64);
+  }
+  // standard normal: Marsaglia and Tsang's ziggurat (128 layers); the layer comes from the low
+  // bits of a 64-bit draw and the signed abscissa from its high 32, so they are independent
+  float gauss() {
+    const Tables& z = zig();
+    for (;;) {
+      const uint64_t u = next();
+      const int iz = static_cast<int>(u & 127);
+      const int64_t hz = static_cast<int32_t>(u >> 32);
+      const float x = static_cast<float>(hz) * z.w[iz];
+      if ((hz < 0 ? -hz : hz) < z.k[iz]) return x;  // inside the layer's rectangle: ~99 %
+      if (iz == 0) {  // the tail beyond r
+        float tx, ty;
+        do {
+          tx = -std::log(uniform_open()) / kZigR;
+          ty = -std::log(uniform_open());
+        } while (ty + ty < tx * tx);
+        return hz > 0 ? kZigR + tx : -kZigR - tx;
+      }
+      if (z.f[iz] + uniform() * (z.f[iz - 1] - z.f[iz]) < std::exp(-0.5f * x * x)) return x;
+    }
+  }
+
+ private:
+  static constexpr float kZigR = 3.442619855899f;
+  struct Tables {
+    int64_t k[128];
+    float w[128], f[128];
+    Tables() {  // Marsaglia & Tsang (2000), for 32-bit signed abscissae
+      const double m = 2147483648.0, v = 9.91256303526217e-3;
+      double dn = 3.442619855899, tn = dn;
+      const double q = v / std::exp(-0.5 * dn * dn);
+      k[0] = static_cast<int64_t>((dn / q) * m);
+      k[1] = 0;
+      w[0] = static_cast<float>(q / m);
+      w[127] = static_cast<float>(dn / m);
+      f[0] = 1.0f;
+      f[127] = static_cast<float>(std::exp(-0.5 * dn * dn));
+      for (int i = 126; i >= 1; --i) {
+        dn = std::sqrt(-2.0 * std::log(v / dn + std::exp(-0.5 * dn * dn)));
+        k[i + 1] = static_cast<int64_t>((dn / tn) * m);
+        tn = dn;
+        f[i] = static_cast<float>(std::exp(-0.5 * dn * dn));
+        w[i] = static_cast<float>(dn / m);
+      }
+    }
+  };
+  static const Tables& zig() {
+    static const Tables tables;
+    return tables;
+  }
+  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  uint64_t s_[4];
+  uint32_t half_ = 0;
+  bool have_half_ = false;
+};
+
+// a slot fires with probability p when 32 random bits fall below this (p to within 2^-33)
+inline uint64_t threshold(double p) { return static_cast<uint64_t>(std::llround(p * 4294967296.0)); }
+
+uint64_t torch_seed() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+}
+
+// onto the grid of `step` (inv_step = 1 / step), rounding half to even as torch.round: by the
+// float adder (1.5·2^23 trick) on t clamped to ±2^22, which changes nothing once clipped to a
+// bound of fewer than 2^22 steps, and keeps the loops branch-free (vectorized)
+inline float quantize(float v, float step, float inv_step) {
+  constexpr float kMagic = 12582912.0f, kLimit = 4194304.0f;
+  const float t = std::min(std::max(v * inv_step, -kLimit), kLimit);
+  return ((t + kMagic) - kMagic) * step;
+}
+
+struct PassParams {
+  float inp_bound, inp_step, inp_inv, out_bound, out_step, out_inv, out_noise, w_noise;
+  bool test_negative;
+};
+
+// Gaussian noise into buf[0, n): fresh, or picked at random from run r's fixed list (as
+// AIHWKit's CPU simulator draws it)
+void fill_noise(float* buf, int64_t n, Rng& rng, const float* list, int64_t size, int64_t r) {
+  Rng local = rng;  // a copy the compiler may keep in registers (buf cannot alias it)
+  if (list == nullptr) {
+    for (int64_t i = 0; i < n; ++i) buf[i] = local.gauss();
+  } else {
+    const float* own = list + r * size;
+    for (int64_t i = 0; i < n; ++i) buf[i] = own[local.below(size)];
+  }
+  rng = local;
+}
+
+// the ADC side of one pass of one sample: y (m outputs of the matrix product) gets weight noise
+// (w_noise·|x|·ξ) and output noise, is quantized and clipped; returns whether an output fell
+// outside the bound before clipping. noise: 2m numbers (as needed) from fill_noise.
+bool finish_row(float* y, int64_t m, float x_norm, const PassParams& io, const float* noise) {
+  if (io.w_noise > 0) {
+    const float a = io.w_noise * x_norm;
+    for (int64_t i = 0; i < m; ++i) y[i] += a * noise[i];
+    noise += m;
+  }
+  if (io.out_noise > 0)
+    for (int64_t i = 0; i < m; ++i) y[i] += io.out_noise * noise[i];
+  if (io.out_step > 0)
+    for (int64_t i = 0; i < m; ++i) y[i] = quantize(y[i], io.out_step, io.out_inv);
+  float hi = -INFINITY, lo = INFINITY;
+  for (int64_t i = 0; i < m; ++i) {
+    hi = std::max(hi, y[i]);
+    lo = std::min(lo, y[i]);
+    y[i] = std::min(std::max(y[i], -io.out_bound), io.out_bound);
+  }
+  return hi > io.out_bound || (io.test_negative && lo < -io.out_bound);
+}
+
+// the DAC: x / divisor onto the input grid, clipped; returns |x_q| (needed for weight noise)
+float dac_row(const float* x, float* xq, int64_t k, float divisor, const PassParams& io) {
+  const float inv = 1.0f / divisor;
+  if (io.inp_step > 0) {
+    for (int64_t j = 0; j < k; ++j)
+      xq[j] = std::min(std::max(quantize(x[j] * inv, io.inp_step, io.inp_inv), -io.inp_bound),
+                       io.inp_bound);
+  } else {
+    for (int64_t j = 0; j < k; ++j)
+      xq[j] = std::min(std::max(x[j] * inv, -io.inp_bound), io.inp_bound);
+  }
+  if (io.w_noise <= 0) return 0.0f;
+  float norm = 0;
+  for (int64_t j = 0; j < k; ++j) norm += xq[j] * xq[j];
+  return std::sqrt(norm);
+}
+
+}  // namespace
+
+// y = x @ wt through the analog periphery. wt (R, K, M) (any strides), x (R, N, K) → (R, N, M).
+torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, double inp_step,
+                      double out_bound, double out_step, double out_noise, double w_noise,
+                      bool abs_max, bool iterative, double bm_limit, bool test_negative,
+                      c10::optional<torch::Tensor> noise_list) {
+  TORCH_CHECK(x.dim() == 3 && wt.dim() == 3 && x.size(0) == wt.size(0) && x.size(2) == wt.size(1),
+              "io_pass: shapes");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && wt.scalar_type() == torch::kFloat32,
+              "io_pass: float32 only");
+  x = x.contiguous();
+  const int64_t R = x.size(0), N = x.size(1), K = x.size(2), M = wt.size(2);
+  auto inverse = [](double step) { return step > 0 ? static_cast<float>(1.0 / step) : 0.0f; };
+  const PassParams io{static_cast<float>(inp_bound), static_cast<float>(inp_step),
+                      inverse(inp_step), static_cast<float>(out_bound),
+                      static_cast<float>(out_step), inverse(out_step),
+                      static_cast<float>(out_noise), static_cast<float>(w_noise), test_negative};
+  torch::Tensor list;
+  if (noise_list.has_value() && noise_list->defined() && noise_list->numel() > 0)
+    list = noise_list->contiguous();
+  Rng rng(torch_seed());
+  const float* list_p = list.defined() ? list.data_ptr<float>() : nullptr;
+  const int64_t list_size = list.defined() ? list.size(1) : 0;
+  const int64_t per_row = ((io.w_noise > 0) + (io.out_noise > 0)) * M;
+  std::vector<float> noise(per_row);
+
+  auto xq = torch::empty_like(x);
+  std::vector<float> scale(R * N, 1.0f), norm(R * N);
+  const float* xp = x.data_ptr<float>();
+  float* xqp = xq.data_ptr<float>();
+  for (int64_t s = 0; s < R * N; ++s) {
+    const float* row = xp + s * K;
+    if (abs_max) {
+      float mx = 0;
+      for (int64_t j = 0; j < K; ++j) mx = std::max(mx, std::abs(row[j]));
+      scale[s] = mx;
+    }
+    norm[s] = dac_row(row, xqp + s * K, K, scale[s] > 0 ? scale[s] : 1.0f, io);
+  }
+  auto y = torch::matmul(xq, wt).contiguous();
+  float* yp = y.data_ptr<float>();
+  std::vector<float> redo_x(K);
+  for (int64_t s = 0; s < R * N; ++s) {
+    const int64_t r = s / N;
+    float* yrow = yp + s * M;
+    fill_noise(noise.data(), per_row, rng, list_p, list_size, r);
+    bool over = finish_row(yrow, M, norm[s], io, noise.data());
+    if (iterative) {
+      float bm = 1.0f;
+      const float divisor = scale[s] > 0 ? scale[s] : 1.0f;
+      while (over && bm <= bm_limit) {
+        bm *= 2;
+        float nrm = dac_row(xp + s * K, redo_x.data(), K, divisor * bm, io);
+        auto xr = torch::from_blob(redo_x.data(), {1, K}, torch::kFloat32);
+        auto yr = torch::matmul(xr, wt[r]).contiguous();
+        float* ynew = yr.data_ptr<float>();
+        fill_noise(noise.data(), per_row, rng, list_p, list_size, r);
+        over = finish_row(ynew, M, nrm, io, noise.data());
+        for (int64_t i = 0; i < M; ++i) yrow[i] = ynew[i] * bm;
+      }
+    }
+    if (abs_max)
+      for (int64_t i = 0; i < M; ++i) yrow[i] *= scale[s];
+  }
+  return y;
+}
+
+// The pulsed update W ← W − lr·Σ_b d_b x_bᵀ of input-major arrays (R, L, O), in place. x (R, N, K)
+// drives the lines `lines` (K of them; all L in order if empty), d (R, N, O).
+void pulse_update(torch::Tensor w, torch::Tensor s_up, torch::Tensor s_down, torch::Tensor b_max,
+                  torch::Tensor b_min, torch::Tensor dw_min, torch::Tensor dw_std, torch::Tensor x,
+                  torch::Tensor d, double lr, int64_t desired_bl, bool bl_management,
+                  bool update_management, double um_grad_scale, torch::Tensor lines) {
+  for (auto* t : {&w, &s_up, &s_down, &b_max, &b_min})
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == torch::kFloat32 && t->dim() == 3,
+                "pulse_update: arrays must be contiguous float32 (R, lines, outputs)");
+  x = x.contiguous();
+  d = d.contiguous();
+  auto dwm = dw_min.contiguous().to(torch::kFloat64);
+  auto dws = dw_std.contiguous().to(torch::kFloat32);
+  const int64_t R = w.size(0), L = w.size(1), O = w.size(2), N = x.size(1), K = x.size(2);
+  TORCH_CHECK(d.size(2) == O && d.size(1) == N && x.size(0) == R && d.size(0) == R,
+              "pulse_update: shapes");
+  std::vector<int64_t> line_of(K);
+  if (lines.numel() == 0) {
+    TORCH_CHECK(K == L, "pulse_update: x must drive every line");
+    for (int64_t k = 0; k < K; ++k) line_of[k] = k;
+  } else {
+    auto lc = lines.to(torch::kInt64).contiguous();
+    TORCH_CHECK(lc.numel() == K, "pulse_update: one line per input");
+    for (int64_t k = 0; k < K; ++k) line_of[k] = lc.data_ptr<int64_t>()[k];
+  }
+  float* W = w.data_ptr<float>();
+  const float *UP = s_up.data_ptr<float>(), *DN = s_down.data_ptr<float>();
+  const float *HI = b_max.data_ptr<float>(), *LO = b_min.data_ptr<float>();
+  const float *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
+  Rng rng(torch_seed());
+
+  std::vector<int32_t> in_idx, out_idx, in_fired, out_fired;
+  std::vector<uint64_t> in_p, out_q;  // per line: threshold() of its pulse probability
+  in_idx.reserve(K);
+  out_idx.reserve(O);
+  for (int64_t r = 0; r < R; ++r) {
+    const double lr_dw = lr / dwm.data_ptr<double>()[r];
+    const float sigma = dws.data_ptr<float>()[r];
+    const int64_t base_off = r * L * O;
+    for (int64_t n = 0; n < N; ++n) {
+      const float* xr = xp + (r * N + n) * K;
+      const float* dr = dp + (r * N + n) * O;
+      double x_max = 0, d_max = 0;
+      for (int64_t j = 0; j < K; ++j) x_max = std::max(x_max, static_cast<double>(std::abs(xr[j])));
+      for (int64_t i = 0; i < O; ++i) d_max = std::max(d_max, static_cast<double>(std::abs(dr[i])));
+      if (x_max == 0 || d_max == 0) continue;
+      double bl = static_cast<double>(desired_bl);
+      if (bl_management) {
+        const double k = lr_dw * x_max * d_max;
+        bl = std::min(std::max(std::ceil(k), 1.0), static_cast<double>(desired_bl));
+        d_max *= std::min(desired_bl / k, 1.0);
+      }
+      const double base = lr_dw / bl;
+      double scale_x = std::sqrt(base), scale_d = std::sqrt(base);
+      if (update_management) {
+        scale_x = std::sqrt(base * d_max / x_max);
+        scale_d = std::sqrt(base * x_max / d_max);
+      }
+      scale_d *= um_grad_scale;
+      in_idx.clear(); in_p.clear(); out_idx.clear(); out_q.clear();
+      for (int64_t j = 0; j < K; ++j)
+        if (xr[j] != 0) {
+          in_idx.push_back(static_cast<int32_t>(j));
+          in_p.push_back(threshold(std::min(std::abs(xr[j]) * scale_x, 1.0)));
+        }
+      for (int64_t i = 0; i < O; ++i)
+        if (dr[i] != 0) {
+          out_idx.push_back(static_cast<int32_t>(i));
+          out_q.push_back(threshold(std::min(std::abs(dr[i]) * scale_d, 1.0)));
+        }
+      // the side with fewer lines is drawn first; the other only in slots where it fired
+      const bool outputs_first = out_idx.size() <= in_idx.size();
+      const auto& first_idx = outputs_first ? out_idx : in_idx;
+      const auto& first_p = outputs_first ? out_q : in_p;
+      const auto& second_idx = outputs_first ? in_idx : out_idx;
+      const auto& second_p = outputs_first ? in_p : out_q;
+      auto& first_fired = outputs_first ? out_fired : in_fired;
+      auto& second_fired = outputs_first ? in_fired : out_fired;
+      const int64_t slots = static_cast<int64_t>(bl);
+      for (int64_t t = 0; t < slots; ++t) {
+        first_fired.clear();
+        for (size_t a = 0; a < first_idx.size(); ++a)
+          if (rng.next32() < first_p[a]) first_fired.push_back(first_idx[a]);
+        if (first_fired.empty()) continue;
+        second_fired.clear();
+        for (size_t b = 0; b < second_idx.size(); ++b)
+          if (rng.next32() < second_p[b]) second_fired.push_back(second_idx[b]);
+        for (int32_t j : in_fired) {
+          const bool x_pos = xr[j] > 0;
+          const int64_t row = base_off + line_of[j] * O;
+          for (int32_t i : out_fired) {
+            const int64_t e = row + i;
+            float v = W[e];
+            if (x_pos == (dr[i] > 0)) {  // W ← W − lr·d xᵀ: a down pulse
+              v -= DN[e] * (1.0f - v / LO[e]);
+              if (sigma > 0) v += sigma * DN[e] * rng.gauss();
+            } else {
+              v += UP[e] * (1.0f - v / HI[e]);
+              if (sigma > 0) v += sigma * UP[e] * rng.gauss();
+            }
+            W[e] = std::min(std::max(v, LO[e]), HI[e]);
+          }
+        }
+      }
+    }
+  }
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("io_pass", &io_pass, "analog matrix-vector product with the IO periphery");
+  m.def("pulse_update", &pulse_update, "pulse-by-pulse soft-bounds update, in place");
+}

@@ -1,0 +1,43 @@
+"""The torch backend's C++ kernels on a CPU (csrc/kernels.cpp): the IO pass and the pulse-by-pulse
+update, each in one call. Built on first use by ``torch.utils.cpp_extension`` (needs a C++
+compiler; about a minute once, then cached under ``~/.cache/torch_extensions``; a build stopped
+half-way leaves a ``lock`` file there that makes the next one wait: delete it).
+
+:func:`kernels` returns the built module, or None (and says why, once) when it cannot be built;
+the tiles then run the same model with tensor operations (utils/analog_torch/tile.py). They use
+the kernels only for tensors on the CPU and only while :func:`set_native` is on (the training
+scripts turn it on unless --no-compile).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+_STATE: dict[str, object] = {"on": False, "module": None, "tried": False}
+SOURCE = Path(__file__).resolve().parent / "csrc" / "kernels.cpp"
+
+
+def set_native(on: bool) -> None:
+    """Use the C++ kernels for tiles on the CPU (True) or the tensor operations (False)."""
+    _STATE["on"] = bool(on)
+
+
+def kernels():
+    """The built kernels when they are on and can be built, else None."""
+    if not _STATE["on"]:
+        return None
+    if not _STATE["tried"]:
+        _STATE["tried"] = True
+        try:
+            # its import warns that no CUDA runtime is found on a machine without one: irrelevant
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            from torch.utils.cpp_extension import load
+
+            _STATE["module"] = load(name="analog_torch_kernels", sources=[str(SOURCE)],
+                                    extra_cflags=["-O3"], verbose=False)
+        except Exception as err:  # noqa: BLE001 - no compiler, no headers: run without them
+            print(f"the torch backend's C++ kernels could not be built ({type(err).__name__}: "
+                  f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}); "
+                  "running with tensor operations")
+    return _STATE["module"]
