@@ -478,7 +478,8 @@ class SoftBoundsArray(nn.Module):
         the C++ kernels, pulse by pulse and sample by sample, as AIHWKit applies them."""
         native = kernels() if x.device.type == "cpu" else None
         if native is not None and x.dtype == torch.float32:
-            native.pulse_update(*stored, self.dw_min, self.dw_min_std, x, d, float(lr), *flags,
+            native.pulse_update(stored[0], self._packed(stored[1:]), self.dw_min, self.dw_min_std,
+                                x, d, float(lr), *flags,
                                 _ALL_LINES if column is None else torch.tensor([column]))
             return
         p, q, bl = pulse_probabilities(x, d, lr, self.dw_min, *flags)
@@ -494,6 +495,17 @@ class SoftBoundsArray(nn.Module):
                                                        + s_down.square() * n_down)
         new = new + var.sqrt() * torch.randn_like(new)
         stored[0].view(-1).index_copy_(0, devices, torch.minimum(torch.maximum(new, b_min), b_max))
+
+    def _packed(self, params: list[Tensor]) -> Tensor:
+        """The devices' s_up, s_down, b_max, b_min side by side, (R, in, out, 4), for the C++
+        update (a pulse then reads one cache line, not four). Rebuilt whenever one of them has
+        been written since (a loaded state, copied-in devices): keyed on their version counters."""
+        key = tuple((t.data_ptr(), t._version) for t in params)
+        cached = self.__dict__.get("_packed_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, torch.stack(params, dim=-1).contiguous())
+            self.__dict__["_packed_cache"] = cached
+        return cached[1]
 
     def _moment_step(self, stored: list[Tensor], x: Tensor, d: Tensor, lr: float, flags: tuple,
                      c2c_std: Tensor, column: int | None) -> None:

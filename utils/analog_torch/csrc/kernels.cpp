@@ -122,8 +122,19 @@ class Rng {
   bool have_half_ = false;
 };
 
-// a slot fires with probability p when 32 random bits fall below this (p to within 2^-33)
-inline uint64_t threshold(double p) { return static_cast<uint64_t>(std::llround(p * 4294967296.0)); }
+// the lines of v (n values) that carry a signal: their indices, and for each the threshold below
+// which 32 random bits fire a pulse in a slot, for the probability min(|v|·scale, 1) (to within
+// 2^-33). Returns how many.
+inline int64_t live_lines(const float* v, int64_t n, float scale, int32_t* idx, int64_t* thr) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (v[j] == 0) continue;
+    const float p = std::min(std::abs(v[j]) * scale, 1.0f);
+    idx[count] = static_cast<int32_t>(j);
+    thr[count++] = static_cast<int64_t>(static_cast<double>(p) * 4294967296.0 + 0.5);
+  }
+  return count;
+}
 
 uint64_t torch_seed() {
   auto gen = at::detail::getDefaultCPUGenerator();
@@ -265,15 +276,19 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
   return y;
 }
 
-// The pulsed update W ← W − lr·Σ_b d_b x_bᵀ of input-major arrays (R, L, O), in place. x (R, N, K)
-// drives the lines `lines` (K of them; all L in order if empty), d (R, N, O).
-void pulse_update(torch::Tensor w, torch::Tensor s_up, torch::Tensor s_down, torch::Tensor b_max,
-                  torch::Tensor b_min, torch::Tensor dw_min, torch::Tensor dw_std, torch::Tensor x,
-                  torch::Tensor d, double lr, int64_t desired_bl, bool bl_management,
-                  bool update_management, double um_grad_scale, torch::Tensor lines) {
-  for (auto* t : {&w, &s_up, &s_down, &b_max, &b_min})
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == torch::kFloat32 && t->dim() == 3,
-                "pulse_update: arrays must be contiguous float32 (R, lines, outputs)");
+// The pulsed update W ← W − lr·Σ_b d_b x_bᵀ of an input-major array w (R, L, O), in place; params
+// (R, L, O, 4) holds each device's s_up, s_down, b_max, b_min side by side. x (R, N, K) drives
+// the lines `lines` (K of them; all L in order if empty), d (R, N, O).
+void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
+                  torch::Tensor dw_std, torch::Tensor x, torch::Tensor d, double lr,
+                  int64_t desired_bl, bool bl_management, bool update_management,
+                  double um_grad_scale, torch::Tensor lines) {
+  TORCH_CHECK(w.is_contiguous() && w.scalar_type() == torch::kFloat32 && w.dim() == 3,
+              "pulse_update: the weights must be contiguous float32 (R, lines, outputs)");
+  TORCH_CHECK(params.is_contiguous() && params.scalar_type() == torch::kFloat32 &&
+                  params.dim() == 4 && params.size(3) == 4 && params.size(0) == w.size(0) &&
+                  params.size(1) == w.size(1) && params.size(2) == w.size(2),
+              "pulse_update: params must be contiguous float32 (R, lines, outputs, 4)");
   x = x.contiguous();
   d = d.contiguous();
   auto dwm = dw_min.contiguous().to(torch::kFloat64);
@@ -291,15 +306,14 @@ void pulse_update(torch::Tensor w, torch::Tensor s_up, torch::Tensor s_down, tor
     for (int64_t k = 0; k < K; ++k) line_of[k] = lc.data_ptr<int64_t>()[k];
   }
   float* W = w.data_ptr<float>();
-  const float *UP = s_up.data_ptr<float>(), *DN = s_down.data_ptr<float>();
-  const float *HI = b_max.data_ptr<float>(), *LO = b_min.data_ptr<float>();
+  const float* P = params.data_ptr<float>();  // per device: s_up, s_down, b_max, b_min
   const float *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
   Rng rng(torch_seed());
 
-  std::vector<int32_t> in_idx, out_idx, in_fired, out_fired;
-  std::vector<uint64_t> in_p, out_q;  // per line: threshold() of its pulse probability
-  in_idx.reserve(K);
-  out_idx.reserve(O);
+  std::vector<int32_t> in_idx(K), out_idx(O), in_fired, out_fired;
+  std::vector<int64_t> in_p(K), out_q(O);  // per line: threshold() of its pulse probability
+  in_fired.reserve(K);
+  out_fired.reserve(O);
   for (int64_t r = 0; r < R; ++r) {
     const double lr_dw = lr / dwm.data_ptr<double>()[r];
     const float sigma = dws.data_ptr<float>()[r];
@@ -307,11 +321,12 @@ void pulse_update(torch::Tensor w, torch::Tensor s_up, torch::Tensor s_down, tor
     for (int64_t n = 0; n < N; ++n) {
       const float* xr = xp + (r * N + n) * K;
       const float* dr = dp + (r * N + n) * O;
-      double x_max = 0, d_max = 0;
-      for (int64_t j = 0; j < K; ++j) x_max = std::max(x_max, static_cast<double>(std::abs(xr[j])));
-      for (int64_t i = 0; i < O; ++i) d_max = std::max(d_max, static_cast<double>(std::abs(dr[i])));
-      if (x_max == 0 || d_max == 0) continue;
-      double bl = static_cast<double>(desired_bl);
+      float x_max_f = 0, d_max_f = 0;
+      for (int64_t j = 0; j < K; ++j) x_max_f = std::max(x_max_f, std::abs(xr[j]));
+      for (int64_t i = 0; i < O; ++i) d_max_f = std::max(d_max_f, std::abs(dr[i]));
+      if (x_max_f == 0 || d_max_f == 0) continue;
+      const double x_max = x_max_f;
+      double d_max = d_max_f, bl = static_cast<double>(desired_bl);
       if (bl_management) {
         const double k = lr_dw * x_max * d_max;
         bl = std::min(std::max(std::ceil(k), 1.0), static_cast<double>(desired_bl));
@@ -324,48 +339,51 @@ void pulse_update(torch::Tensor w, torch::Tensor s_up, torch::Tensor s_down, tor
         scale_d = std::sqrt(base * x_max / d_max);
       }
       scale_d *= um_grad_scale;
-      in_idx.clear(); in_p.clear(); out_idx.clear(); out_q.clear();
-      for (int64_t j = 0; j < K; ++j)
-        if (xr[j] != 0) {
-          in_idx.push_back(static_cast<int32_t>(j));
-          in_p.push_back(threshold(std::min(std::abs(xr[j]) * scale_x, 1.0)));
-        }
-      for (int64_t i = 0; i < O; ++i)
-        if (dr[i] != 0) {
-          out_idx.push_back(static_cast<int32_t>(i));
-          out_q.push_back(threshold(std::min(std::abs(dr[i]) * scale_d, 1.0)));
-        }
+      const int64_t n_in = live_lines(xr, K, static_cast<float>(scale_x), in_idx.data(),
+                                      in_p.data());
+      const int64_t n_out = live_lines(dr, O, static_cast<float>(scale_d), out_idx.data(),
+                                       out_q.data());
       // the side with fewer lines is drawn first; the other only in slots where it fired
-      const bool outputs_first = out_idx.size() <= in_idx.size();
-      const auto& first_idx = outputs_first ? out_idx : in_idx;
-      const auto& first_p = outputs_first ? out_q : in_p;
-      const auto& second_idx = outputs_first ? in_idx : out_idx;
-      const auto& second_p = outputs_first ? in_p : out_q;
+      const bool outputs_first = n_out <= n_in;
+      const int32_t* first_idx = outputs_first ? out_idx.data() : in_idx.data();
+      const int64_t* first_p = outputs_first ? out_q.data() : in_p.data();
+      const int64_t n_first = outputs_first ? n_out : n_in;
+      const int32_t* second_idx = outputs_first ? in_idx.data() : out_idx.data();
+      const int64_t* second_p = outputs_first ? in_p.data() : out_q.data();
+      const int64_t n_second = outputs_first ? n_in : n_out;
       auto& first_fired = outputs_first ? out_fired : in_fired;
       auto& second_fired = outputs_first ? in_fired : out_fired;
       const int64_t slots = static_cast<int64_t>(bl);
       for (int64_t t = 0; t < slots; ++t) {
         first_fired.clear();
-        for (size_t a = 0; a < first_idx.size(); ++a)
-          if (rng.next32() < first_p[a]) first_fired.push_back(first_idx[a]);
+        for (int64_t a = 0; a < n_first; ++a)
+          if (static_cast<int64_t>(rng.next32()) < first_p[a]) first_fired.push_back(first_idx[a]);
         if (first_fired.empty()) continue;
         second_fired.clear();
-        for (size_t b = 0; b < second_idx.size(); ++b)
-          if (rng.next32() < second_p[b]) second_fired.push_back(second_idx[b]);
+        for (int64_t b = 0; b < n_second; ++b)
+          if (static_cast<int64_t>(rng.next32()) < second_p[b])
+            second_fired.push_back(second_idx[b]);
         for (int32_t j : in_fired) {
           const bool x_pos = xr[j] > 0;
           const int64_t row = base_off + line_of[j] * O;
-          for (int32_t i : out_fired) {
+          const size_t fired = out_fired.size();
+          for (size_t k = 0; k < fired; ++k) {
+            const int32_t i = out_fired[k];
+            if (k + 2 < fired) {  // the devices are scattered: fetch ahead
+              __builtin_prefetch(W + row + out_fired[k + 2], 1);
+              __builtin_prefetch(P + 4 * (row + out_fired[k + 2]));
+            }
             const int64_t e = row + i;
+            const float* dev = P + 4 * e;  // one cache line holds the device's four numbers
             float v = W[e];
             if (x_pos == (dr[i] > 0)) {  // W ← W − lr·d xᵀ: a down pulse
-              v -= DN[e] * (1.0f - v / LO[e]);
-              if (sigma > 0) v += sigma * DN[e] * rng.gauss();
+              v -= dev[1] * (1.0f - v / dev[3]);
+              if (sigma > 0) v += sigma * dev[1] * rng.gauss();
             } else {
-              v += UP[e] * (1.0f - v / HI[e]);
-              if (sigma > 0) v += sigma * UP[e] * rng.gauss();
+              v += dev[0] * (1.0f - v / dev[2]);
+              if (sigma > 0) v += sigma * dev[0] * rng.gauss();
             }
-            W[e] = std::min(std::max(v, LO[e]), HI[e]);
+            W[e] = std::min(std::max(v, dev[3]), dev[2]);
           }
         }
       }
