@@ -6,7 +6,8 @@ seed-to-seed spread of AIHWKit?
 
 For every --SETTING it trains S4.1-mnist-FCN.py on the first ``subset`` training images for
 ``epochs`` epochs, with AIHWKit (one run per seed) and with the torch backend in each update mode
-(all seeds batched), then writes OUT/tables/backend_fidelity.{md,csv}: test accuracy per seed,
+(all seeds batched; the pulse mode with tensor operations only and with the C++ kernels), then
+writes OUT/tables/backend_fidelity.{md,csv}: test accuracy per seed,
 mean ± std, and whether each torch mean lies inside AIHWKit's [min − margin, max + margin] over
 seeds (margin: one percentage point, for seeds that agree closely). Run folders go to --work.
 """
@@ -23,23 +24,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from utils import results  # noqa: E402
+from utils.analog_torch.native import kernels, set_native  # noqa: E402
 from utils.analog_torch.presets import SETTINGS  # noqa: E402
 from utils.engine import experiment_name, run_folder  # noqa: E402
 
 MARGIN = 1.0  # percentage points around AIHWKit's range over seeds
-BACKENDS = (("aihwkit", "moment"), ("torch", "moment"), ("torch", "pulse"))
+# (backend, update mode, how): the pulse mode with tensor operations only (--no-compile), and with
+# the C++ kernels (the default on a CPU; its runs go to WORK/cpp)
+BACKENDS = (("aihwkit", "moment", ""), ("torch", "moment", ""),
+            ("torch", "pulse", "tensor operations"), ("torch", "pulse", "C++"))
 
 
-def train(setting: str, backend: str, mode: str, args) -> None:
+def work(how: str, args) -> Path:
+    return args.work / "cpp" if how == "C++" else args.work
+
+
+def train(setting: str, backend: str, mode: str, how: str, args) -> None:
     cmd = [sys.executable, str(ROOT / "S4.1-mnist-FCN.py"), "--SETTING", setting, "--tau",
            str(args.tau), "--seed", *map(str, args.seeds), "--epochs", str(args.epochs),
            "--train-subset", str(args.subset), "--backend", backend, "--update-mode", mode,
-           "--out", str(args.work), "--data-root", str(args.data_root), "--threads", "1"]
-    subprocess.run(cmd, check=True)
+           "--out", str(work(how, args)), "--data-root", str(args.data_root), "--threads", "1"]
+    subprocess.run(cmd + (["--no-compile"] if how == "tensor operations" else []), check=True)
 
 
-def accuracy(setting: str, backend: str, mode: str, seed: int, args) -> float:
-    folder = run_folder(args.work, experiment_name("FCN", backend, mode), setting, args.tau, seed)
+def accuracy(setting: str, backend: str, mode: str, how: str, seed: int, args) -> float:
+    folder = run_folder(work(how, args), experiment_name("FCN", backend, mode), setting, args.tau,
+                        seed)
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return 100 * rows[-1]["test_acc"]
 
@@ -54,20 +64,26 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/fidelity"))
     p.add_argument("--out", type=Path, default=ROOT / "results")
     args = p.parse_args()
+    set_native(True)
+    cpp = kernels() is not None  # else the C++ rows are left out
     rows = []
     for setting in SETTINGS:
         accs = {}
-        for backend, mode in BACKENDS:
+        for backend, mode, how in BACKENDS:
             if setting == "FP SGD" and mode == "pulse":
                 continue  # floating point has no pulses
-            train(setting, backend, mode, args)
-            accs[(backend, mode)] = [accuracy(setting, backend, mode, s, args) for s in args.seeds]
-        ref = accs[("aihwkit", "moment")]
+            if how == "C++" and not cpp:
+                continue
+            train(setting, backend, mode, how, args)
+            accs[(backend, mode, how)] = [accuracy(setting, backend, mode, how, s, args)
+                                          for s in args.seeds]
+        ref = accs[("aihwkit", "moment", "")]
         low, high = min(ref) - MARGIN, max(ref) + MARGIN
-        for (backend, mode), values in accs.items():
+        for (backend, mode, how), values in accs.items():
             mean = statistics.fmean(values)
             std = statistics.pstdev(values) if len(values) > 1 else 0.0
-            label = "AIHWKit" if backend == "aihwkit" else f"torch ({mode})"
+            label = ("AIHWKit" if backend == "aihwkit" else
+                     f"torch ({mode}{', ' + how if how else ''})")
             rows.append({"setting": setting, "backend": label,
                          "per seed": ", ".join(f"{v:.2f}" for v in values),
                          "mean ± std": f"{mean:.2f} ± {std:.2f}",

@@ -5,7 +5,8 @@ correlations between devices, against AIHWKit's (the numbers of README's "Fideli
 
 Each repeat starts from the same weights and applies one update of 4 (mean / variance) or 10
 (correlations) MNIST-like samples, with AIHWKit's device parameters copied into the torch backend
-(``repeated_update`` of tests/test_torch_backend.py). Prints, for each update mode:
+(``repeated_update`` of tests/test_torch_backend.py). Prints, for each update mode (the pulse
+mode with tensor operations and with the C++ kernels):
 
 * the relative difference (norm over the elements) of the mean and of the variance of ΔW, and
   the same between two halves of AIHWKit's repeats (its sampling noise);
@@ -24,9 +25,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from test_torch_backend import rel, repeated_update  # noqa: E402
+from test_torch_backend import VARIANTS, rel, repeated_update  # noqa: E402
 
-MODES = ("moment", "pulse")
+MODES = list(VARIANTS)  # moment, pulse (tensor operations), pulse-cpp (the C++ kernels)
 
 
 def line_correlations(dw: torch.Tensor) -> tuple[float, float]:
@@ -58,9 +59,9 @@ def main() -> None:
     d = torch.randn(4, 6, generator=g) * 0.2
     half = args.repeats // 2
     print("mean and variance of ΔW, relative difference to AIHWKit:")
-    for mode in MODES:
-        theirs, ours = repeated_update(mode, args.repeats, x, d, lr=0.05)
-        print(f"  {mode:6s}: mean {100 * rel(ours.mean(0), theirs.mean(0)):.1f} %, variance "
+    theirs, all_ours = repeated_update(MODES, args.repeats, x, d, lr=0.05)
+    for mode, ours in zip(MODES, all_ours, strict=True):
+        print(f"  {mode:9s}: mean {100 * rel(ours.mean(0), theirs.mean(0)):.1f} %, variance "
               f"{100 * rel(ours.var(0), theirs.var(0)):.1f} %   (AIHWKit halves: mean "
               f"{100 * rel(theirs[:half].mean(0), theirs[half:].mean(0)):.1f} %, variance "
               f"{100 * rel(theirs[:half].var(0), theirs[half:].var(0)):.1f} %)", flush=True)
@@ -68,22 +69,22 @@ def main() -> None:
     for label, scale in (("small errors", 0.01), ("large errors", 0.2)):
         x = torch.rand(10, 12, generator=g) * (torch.rand(10, 12, generator=g) > 0.5)
         d = torch.randn(10, 8, generator=g) * scale
-        for mode in MODES:
-            theirs, ours = repeated_update(mode, args.repeats, x, d, lr=0.05)
-            for name, dw in (("AIHWKit", theirs), (f"torch {mode}", ours)):
-                row, col = line_correlations(dw)
-                pulses = float((dw.mean(0).abs() / 1e-3).mean())
-                print(f"  {label}, {name:13s}: row {row:+.3f}, column {col:+.3f}   "
-                      f"(mean |ΔW| {pulses:.2f} dw_min)", flush=True)
+        theirs, all_ours = repeated_update(MODES, args.repeats, x, d, lr=0.05)
+        names = ["AIHWKit", *(f"torch {mode}" for mode in MODES)]
+        for name, dw in zip(names, [theirs, *all_ours], strict=True):
+            row, col = line_correlations(dw)
+            pulses = float((dw.mean(0).abs() / 1e-3).mean())
+            print(f"  {label}, {name:15s}: row {row:+.3f}, column {col:+.3f}   "
+                  f"(mean |ΔW| {pulses:.2f} dw_min)", flush=True)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 9, generator=g) * (torch.rand(4, 9, generator=g) > 0.3)
     d = torch.randn(4, 6, generator=g) * 0.1
     print("off-diagonal covariances of ΔW, relative difference to AIHWKit:")
-    for mode in MODES:
-        theirs, ours = repeated_update(mode, args.repeats, x, d, lr=0.05)
-        ref = off_diagonal_covariance(theirs)
-        halves = rel(off_diagonal_covariance(theirs[:half]), off_diagonal_covariance(theirs[half:]))
-        print(f"  {mode:6s}: {rel(off_diagonal_covariance(ours), ref):.2f}   (AIHWKit halves: "
+    theirs, all_ours = repeated_update(MODES, args.repeats, x, d, lr=0.05)
+    ref = off_diagonal_covariance(theirs)
+    halves = rel(off_diagonal_covariance(theirs[:half]), off_diagonal_covariance(theirs[half:]))
+    for mode, ours in zip(MODES, all_ours, strict=True):
+        print(f"  {mode:9s}: {rel(off_diagonal_covariance(ours), ref):.2f}   (AIHWKit halves: "
               f"{halves:.2f})", flush=True)
 
 
