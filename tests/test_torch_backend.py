@@ -10,6 +10,7 @@ mechanics: configs equal to utils.devices', batching, state slicing, the scripts
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import subprocess
@@ -519,6 +520,33 @@ def test_closed_form_of_n_pulses_equals_pulse_by_pulse_and_is_smooth_at_zero():
         exact = (float(w0[0]) * math.exp(-r)
                  + (1 - math.exp(-r)) / r * float(count[0]) * float(s_up[0]))
         assert abs(float(ours[0]) - exact) < 1e-6, (r, float(ours[0]), exact)
+
+
+def test_cpp_io_pass_equals_the_tensor_operations_without_noise():
+    """Without output noise the IO pass is deterministic, so the C++ pass must equal the tensor
+    operations': on sparse, MNIST-like inputs (its own sum over the non-zero inputs), on dense
+    ones (torch's product) with bound management halving the inputs of saturated samples, and
+    backwards (transposed weights). Summation order may flip an ADC rounding: at most one step."""
+    from utils.analog_torch.tile import _res_step, analog_mvm
+
+    io = dataclasses.replace(presets.rpu_config("Analog SGD", 0.7).forward, out_noise=0.0)
+    g = torch.Generator().manual_seed(5)
+    w = (torch.rand(3, 20, 50, generator=g) * 2 - 1) * 0.5
+    w[:, 0] = 0.5  # 50 inputs at 1 drive output 0 to 25 > 12: bound management
+    sparse = torch.rand(3, 8, 50, generator=g) * (torch.rand(3, 8, 50, generator=g) > 0.85)
+    dense = torch.rand(3, 8, 50, generator=g)
+    dense[:, 0] = 1.0
+    d = torch.randn(3, 8, 20, generator=g)
+    cases = [(w, sparse, True), (w, dense, True), (w.transpose(-1, -2), d, False)]
+    for weight, x, bm in cases:
+        ref = analog_mvm(weight, x, io, bound_management=bm)
+        with cpp_kernels(True):
+            got = analog_mvm(weight, x, io, bound_management=bm)
+        one_step = _res_step(io.out_res, io.out_bound) * x.abs().amax(-1, keepdim=True) * 16
+        assert bool(((got - ref).abs() <= one_step + 1e-6).all())
+        assert float(((got - ref).abs() <= 1e-5).float().mean()) > 0.99
+        assert float(ref.abs().max()) > 0
+    assert float(analog_mvm(w, dense, io)[:, 0, 0].min()) > 12  # bound management acted
 
 
 def test_cpp_kernels_repeat_under_a_seed_and_fall_back_when_they_cannot_be_built(monkeypatch,

@@ -68,15 +68,22 @@ class Rng {
   }
   // standard normal: Marsaglia and Tsang's ziggurat (128 layers); the layer comes from the low
   // bits of a 64-bit draw and the signed abscissa from its high 32, so they are independent
-  float gauss() {
+  inline __attribute__((always_inline)) float gauss() {
+    const Tables& z = zig();
+    const uint64_t u = next();
+    const int iz = static_cast<int>(u & 127);
+    const int64_t hz = static_cast<int32_t>(u >> 32);
+    if ((hz < 0 ? -hz : hz) < z.k[iz]) return static_cast<float>(hz) * z.w[iz];  // ~99 %
+    return gauss_edge(iz, hz);
+  }
+
+ private:
+  // the rest of the ziggurat: the tail beyond r (layer 0) and the wedges, then a fresh draw
+  __attribute__((noinline)) float gauss_edge(int iz, int64_t hz) {
     const Tables& z = zig();
     for (;;) {
-      const uint64_t u = next();
-      const int iz = static_cast<int>(u & 127);
-      const int64_t hz = static_cast<int32_t>(u >> 32);
       const float x = static_cast<float>(hz) * z.w[iz];
-      if ((hz < 0 ? -hz : hz) < z.k[iz]) return x;  // inside the layer's rectangle: ~99 %
-      if (iz == 0) {  // the tail beyond r
+      if (iz == 0) {
         float tx, ty;
         do {
           tx = -std::log(uniform_open()) / kZigR;
@@ -85,10 +92,13 @@ class Rng {
         return hz > 0 ? kZigR + tx : -kZigR - tx;
       }
       if (z.f[iz] + uniform() * (z.f[iz - 1] - z.f[iz]) < std::exp(-0.5f * x * x)) return x;
+      const uint64_t u = next();
+      iz = static_cast<int>(u & 127);
+      hz = static_cast<int32_t>(u >> 32);
+      if ((hz < 0 ? -hz : hz) < z.k[iz]) return static_cast<float>(hz) * z.w[iz];
     }
   }
 
- private:
   static constexpr float kZigR = 3.442619855899f;
   struct Tables {
     int64_t k[128];
@@ -142,17 +152,18 @@ uint64_t torch_seed() {
   return at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
 }
 
-// onto the grid of `step` (inv_step = 1 / step), rounding half to even as torch.round: by the
-// float adder (1.5·2^23 trick) on t clamped to ±2^22, which changes nothing once clipped to a
-// bound of fewer than 2^22 steps, and keeps the loops branch-free (vectorized)
-inline float quantize(float v, float step, float inv_step) {
+// onto the grid of `step` (none if 0), rounding half to even, as torch.round(v / step) * step
+// (the same division, so ties round alike: the largest input halved by bound management is one).
+// The float adder rounds (1.5·2^23 trick) on v / step clamped to ±2^22, which changes nothing once
+// clipped to a bound of fewer than 2^22 steps, and keeps the loops branch-free.
+inline float quantize(float v, float step) {
   constexpr float kMagic = 12582912.0f, kLimit = 4194304.0f;
-  const float t = std::min(std::max(v * inv_step, -kLimit), kLimit);
+  const float t = std::min(std::max(v / step, -kLimit), kLimit);
   return ((t + kMagic) - kMagic) * step;
 }
 
 struct PassParams {
-  float inp_bound, inp_step, inp_inv, out_bound, out_step, out_inv, out_noise, w_noise;
+  float inp_bound, inp_step, out_bound, out_step, out_noise, w_noise;
   bool test_negative;
 };
 
@@ -181,7 +192,7 @@ bool finish_row(float* y, int64_t m, float x_norm, const PassParams& io, const f
   if (io.out_noise > 0)
     for (int64_t i = 0; i < m; ++i) y[i] += io.out_noise * noise[i];
   if (io.out_step > 0)
-    for (int64_t i = 0; i < m; ++i) y[i] = quantize(y[i], io.out_step, io.out_inv);
+    for (int64_t i = 0; i < m; ++i) y[i] = quantize(y[i], io.out_step);
   float hi = -INFINITY, lo = INFINITY;
   for (int64_t i = 0; i < m; ++i) {
     hi = std::max(hi, y[i]);
@@ -191,21 +202,30 @@ bool finish_row(float* y, int64_t m, float x_norm, const PassParams& io, const f
   return hi > io.out_bound || (io.test_negative && lo < -io.out_bound);
 }
 
-// the DAC: x / divisor onto the input grid, clipped; returns |x_q| (needed for weight noise)
-float dac_row(const float* x, float* xq, int64_t k, float divisor, const PassParams& io) {
-  const float inv = 1.0f / divisor;
-  if (io.inp_step > 0) {
-    for (int64_t j = 0; j < k; ++j)
-      xq[j] = std::min(std::max(quantize(x[j] * inv, io.inp_step, io.inp_inv), -io.inp_bound),
-                       io.inp_bound);
-  } else {
-    for (int64_t j = 0; j < k; ++j)
-      xq[j] = std::min(std::max(x[j] * inv, -io.inp_bound), io.inp_bound);
-  }
+// the DAC: x / divisor / bm onto the input grid, clipped (the operations in torch's order: the
+// same roundings); returns |x_q| (needed for weight noise)
+float dac_row(const float* x, float* xq, int64_t k, float divisor, float bm,
+              const PassParams& io) {
+  for (int64_t j = 0; j < k; ++j) xq[j] = x[j] / divisor;
+  if (bm != 1.0f)
+    for (int64_t j = 0; j < k; ++j) xq[j] /= bm;
+  if (io.inp_step > 0)
+    for (int64_t j = 0; j < k; ++j) xq[j] = quantize(xq[j], io.inp_step);
+  for (int64_t j = 0; j < k; ++j) xq[j] = std::min(std::max(xq[j], -io.inp_bound), io.inp_bound);
   if (io.w_noise <= 0) return 0.0f;
   float norm = 0;
   for (int64_t j = 0; j < k; ++j) norm += xq[j] * xq[j];
   return std::sqrt(norm);
+}
+
+// y (m, zeroed) += Σ_j x_j·W[j, :] over the non-zero x_j; W (k, m) row-major
+void sparse_row(const float* x, int64_t k, const float* W, int64_t m, float* y) {
+  for (int64_t j = 0; j < k; ++j) {
+    const float v = x[j];
+    if (v == 0) continue;
+    const float* w = W + j * m;
+    for (int64_t i = 0; i < m; ++i) y[i] += v * w[i];
+  }
 }
 
 }  // namespace
@@ -221,10 +241,8 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
               "io_pass: float32 only");
   x = x.contiguous();
   const int64_t R = x.size(0), N = x.size(1), K = x.size(2), M = wt.size(2);
-  auto inverse = [](double step) { return step > 0 ? static_cast<float>(1.0 / step) : 0.0f; };
   const PassParams io{static_cast<float>(inp_bound), static_cast<float>(inp_step),
-                      inverse(inp_step), static_cast<float>(out_bound),
-                      static_cast<float>(out_step), inverse(out_step),
+                      static_cast<float>(out_bound), static_cast<float>(out_step),
                       static_cast<float>(out_noise), static_cast<float>(w_noise), test_negative};
   torch::Tensor list;
   if (noise_list.has_value() && noise_list->defined() && noise_list->numel() > 0)
@@ -246,9 +264,24 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
       for (int64_t j = 0; j < K; ++j) mx = std::max(mx, std::abs(row[j]));
       scale[s] = mx;
     }
-    norm[s] = dac_row(row, xqp + s * K, K, scale[s] > 0 ? scale[s] : 1.0f, io);
+    norm[s] = dac_row(row, xqp + s * K, K, scale[s] > 0 ? scale[s] : 1.0f, 1.0f, io);
   }
-  auto y = torch::matmul(xq, wt).contiguous();
+  // the matrix product: a sum over the non-zero inputs only when they are few (MNIST images
+  // after the DAC: ~20 % of the pixels) and each input's weights are contiguous, else torch's
+  const bool rows_contiguous = wt.stride(2) == 1 && wt.stride(1) == M;
+  int64_t nonzero = 0;
+  if (rows_contiguous)
+    for (int64_t e = 0; e < R * N * K; ++e) nonzero += xqp[e] != 0;
+  torch::Tensor y;
+  if (rows_contiguous && nonzero * 4 < R * N * K) {
+    y = torch::zeros({R, N, M}, x.options());
+    const float* W = wt.data_ptr<float>();
+    float* out = y.data_ptr<float>();
+    for (int64_t s = 0; s < R * N; ++s) sparse_row(xqp + s * K, K, W + (s / N) * wt.stride(0), M,
+                                                   out + s * M);
+  } else {
+    y = torch::matmul(xq, wt).contiguous();
+  }
   float* yp = y.data_ptr<float>();
   std::vector<float> redo_x(K);
   for (int64_t s = 0; s < R * N; ++s) {
@@ -261,9 +294,16 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
       const float divisor = scale[s] > 0 ? scale[s] : 1.0f;
       while (over && bm <= bm_limit) {
         bm *= 2;
-        float nrm = dac_row(xp + s * K, redo_x.data(), K, divisor * bm, io);
-        auto xr = torch::from_blob(redo_x.data(), {1, K}, torch::kFloat32);
-        auto yr = torch::matmul(xr, wt[r]).contiguous();
+        float nrm = dac_row(xp + s * K, redo_x.data(), K, divisor, bm, io);
+        torch::Tensor yr;
+        if (rows_contiguous) {
+          yr = torch::zeros({M}, x.options());
+          sparse_row(redo_x.data(), K, wt.data_ptr<float>() + r * wt.stride(0), M,
+                     yr.data_ptr<float>());
+        } else {
+          auto xr = torch::from_blob(redo_x.data(), {1, K}, torch::kFloat32);
+          yr = torch::matmul(xr, wt[r]).contiguous();
+        }
         float* ynew = yr.data_ptr<float>();
         fill_noise(noise.data(), per_row, rng, list_p, list_size, r);
         over = finish_row(ynew, M, nrm, io, noise.data());
@@ -375,15 +415,14 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
             }
             const int64_t e = row + i;
             const float* dev = P + 4 * e;  // one cache line holds the device's four numbers
-            float v = W[e];
-            if (x_pos == (dr[i] > 0)) {  // W ← W − lr·d xᵀ: a down pulse
-              v -= dev[1] * (1.0f - v / dev[3]);
-              if (sigma > 0) v += sigma * dev[1] * rng.gauss();
-            } else {
-              v += dev[0] * (1.0f - v / dev[2]);
-              if (sigma > 0) v += sigma * dev[0] * rng.gauss();
-            }
-            W[e] = std::min(std::max(v, dev[3]), dev[2]);
+            // W ← W − lr·d xᵀ: a down pulse where x_j·d_i > 0 (selects, not branches: the sign
+            // is a coin flip to the branch predictor)
+            const bool down = x_pos == (dr[i] > 0);
+            const float step = down ? dev[1] : dev[0], bound = down ? dev[3] : dev[2];
+            const float v = W[e];
+            float moved = v + (down ? -step : step) * (1.0f - v / bound);
+            if (sigma > 0) moved += sigma * step * rng.gauss();
+            W[e] = std::min(std::max(moved, dev[3]), dev[2]);
           }
         }
       }
