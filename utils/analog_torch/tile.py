@@ -672,7 +672,10 @@ class _TileFunction(torch.autograd.Function):
         if tile.kind != "fp" and not tile.config.forward.is_perfect:
             # AIHWKit back-propagates no error through an output at its bound (the update still
             # uses the full error)
-            saturated = y.abs() >= OUT_BOUND_MASK * tile.config.forward.out_bound
+            threshold = OUT_BOUND_MASK * tile.config.forward.out_bound
+            native = kernels() if y.device.type == "cpu" and y.dtype == torch.float32 else None
+            saturated = (y.abs() >= threshold if native is None else
+                         native.saturated(y, threshold))  # C++: None where nothing saturated
         ctx.save_for_backward(x, saturated)
         return y
 
@@ -686,4 +689,4 @@ class _TileFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             masked = grad if saturated is None else grad.masked_fill(saturated, 0.0)
             grad_x = tile.backward_pass(masked)
-        return grad_x, torch.zeros_like(tile.ctx), None
+        return grad_x, None, None  # ctx only puts the tile on the graph: no gradient

@@ -5,6 +5,7 @@
 //
 //   io_pass       analog_mvm: ABS_MAX noise management, DAC, matrix product, weight and output
 //                 noise, ADC, ITERATIVE bound management.
+//   saturated     the outputs at the ADC's bound (no error passes back through them), or None.
 //   pulse_update  the pulsed update of one soft-bounds array, pulse by pulse as AIHWKit applies it:
 //                 per sample the stochastic pulse trains with bit-length and update management,
 //                 and each coincidence one soft-bounds pulse with cycle-to-cycle noise, clipped at
@@ -430,7 +431,28 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
   }
 }
 
+// where |y| ≥ threshold (a bool tensor like y), or None where nowhere: the outputs at the ADC's
+// bound, through which no error passes back
+c10::optional<torch::Tensor> saturated(torch::Tensor y, double threshold) {
+  y = y.contiguous();
+  const float* p = y.data_ptr<float>();
+  const float t = static_cast<float>(threshold);
+  const int64_t n = y.numel();
+  int64_t first = n;
+  for (int64_t e = 0; e < n; ++e)
+    if (std::abs(p[e]) >= t) {
+      first = e;
+      break;
+    }
+  if (first == n) return c10::nullopt;
+  auto mask = torch::zeros(y.sizes(), y.options().dtype(torch::kBool));
+  bool* q = mask.data_ptr<bool>();
+  for (int64_t e = first; e < n; ++e) q[e] = std::abs(p[e]) >= t;
+  return mask;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("saturated", &saturated, "mask of the outputs at the bound, or None");
   m.def("io_pass", &io_pass, "analog matrix-vector product with the IO periphery");
   m.def("pulse_update", &pulse_update, "pulse-by-pulse soft-bounds update, in place");
 }
