@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 _STATE: dict[str, object] = {"on": False, "module": None, "tried": False}
 SOURCE = Path(__file__).resolve().parent / "csrc" / "kernels.cpp"
 
@@ -21,6 +23,14 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "kernels.cpp"
 def set_native(on: bool) -> None:
     """Use the C++ kernels for tiles on the CPU (True) or the tensor operations (False)."""
     _STATE["on"] = bool(on)
+
+
+def kernels_for(*tensors):
+    """The kernels for these tensors: when they are on and can be built, and every tensor is a
+    float32 tensor on the CPU (what the kernels take); else None (tensor operations)."""
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return kernels()
+    return None
 
 
 def kernels():
@@ -37,7 +47,7 @@ def kernels():
             _STATE["module"] = load(name="analog_torch_kernels", sources=[str(SOURCE)],
                                     extra_cflags=["-O3"], verbose=False)
         except Exception as err:  # noqa: BLE001 - no compiler, no headers: run without them
+            said = str(err).strip()
             print(f"the torch backend's C++ kernels could not be built ({type(err).__name__}: "
-                  f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}); "
-                  "running with tensor operations")
+                  f"{said.splitlines()[-1] if said else ''}); running with tensor operations")
     return _STATE["module"]

@@ -48,7 +48,7 @@ from utils.analog_torch.config import (
     UnitCellRPUConfig,
     UpdateParameters,
 )
-from utils.analog_torch.native import kernels, set_native
+from utils.analog_torch.native import kernels_for, set_native
 
 UPDATE_MODES = ("pulse", "moment")
 _ALL_LINES = torch.empty(0, dtype=torch.long)  # the C++ update's "x drives every line"
@@ -108,8 +108,8 @@ def analog_mvm(weight: Tensor, x: Tensor, io: IOParameters, bound_management: bo
     (AIHWKit turns bound management off there). ``noise_list``: see :func:`gaussian_like`."""
     if io.is_perfect:
         return torch.matmul(x, weight.transpose(-1, -2))
-    native = kernels() if x.device.type == "cpu" else None
-    if native is not None and x.dtype == torch.float32 and weight.dtype == torch.float32:
+    native = kernels_for(weight, x)
+    if native is not None:
         inp_step = _res_step(io.inp_res, io.inp_bound)
         additive = io.w_noise > 0 and io.w_noise_type == "additive_constant"
         return native.io_pass(
@@ -476,10 +476,10 @@ class SoftBoundsArray(nn.Module):
                     c2c_std: Tensor, column: int | None) -> None:
         """Every pulse train drawn; only the devices that got a pulse are read and written. With
         the C++ kernels, pulse by pulse and sample by sample, as AIHWKit applies them."""
-        native = kernels() if x.device.type == "cpu" else None
-        if native is not None and x.dtype == torch.float32:
-            native.pulse_update(stored[0], self._packed(stored[1:]), self.dw_min, self.dw_min_std,
-                                x, d, float(lr), *flags,
+        native = kernels_for(x, d)
+        if native is not None:
+            native.pulse_update(stored[0], self._packed(stored[1:]), self.dw_min, c2c_std, x, d,
+                                float(lr), *flags,
                                 _ALL_LINES if column is None else torch.tensor([column]))
             return
         p, q, bl = pulse_probabilities(x, d, lr, self.dw_min, *flags)
@@ -492,7 +492,7 @@ class SoftBoundsArray(nn.Module):
         new = _soft_bounds_mean(w, s_up, s_down, b_max, b_min, n_up, n_down)
         run = devices // stored[0][0].numel()
         var = c2c_std.square().view(-1).index_select(0, run) * (s_up.square() * n_up
-                                                       + s_down.square() * n_down)
+                                                                + s_down.square() * n_down)
         new = new + var.sqrt() * torch.randn_like(new)
         stored[0].view(-1).index_copy_(0, devices, torch.minimum(torch.maximum(new, b_min), b_max))
 
@@ -524,8 +524,7 @@ class SoftBoundsArray(nn.Module):
         count = stored[0].numel() if rows is None else rows.numel() * stored[0].shape[-1]
         new = _fused("moment", _moment_update)(
             *stored, c2c_std.square(), self.dw_min, x, d, lr_t, torch.randn_like(x),
-            torch.randn_like(d),
-            random_bytes(count, x.device), rows, *flags)
+            torch.randn_like(d), random_bytes(count, x.device), rows, *flags)
         if new is not None:
             _store(stored[0], new, rows)
 
@@ -673,7 +672,7 @@ class _TileFunction(torch.autograd.Function):
             # AIHWKit back-propagates no error through an output at its bound (the update still
             # uses the full error)
             threshold = OUT_BOUND_MASK * tile.config.forward.out_bound
-            native = kernels() if y.device.type == "cpu" and y.dtype == torch.float32 else None
+            native = kernels_for(y)
             saturated = (y.abs() >= threshold if native is None else
                          native.saturated(y, threshold))  # C++: None where nothing saturated
         ctx.save_for_backward(x, saturated)

@@ -352,7 +352,7 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
   Rng rng(torch_seed());
 
   std::vector<int32_t> in_idx(K), out_idx(O), in_fired, out_fired;
-  std::vector<int64_t> in_p(K), out_q(O);  // per line: threshold() of its pulse probability
+  std::vector<int64_t> in_p(K), out_q(O);  // per live line: its threshold (live_lines)
   in_fired.reserve(K);
   out_fired.reserve(O);
   for (int64_t r = 0; r < R; ++r) {
