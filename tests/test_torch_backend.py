@@ -63,7 +63,8 @@ def cpp_kernels(on: bool):
 
 
 # the torch backend's update variants: (update mode, C++ kernels)
-VARIANTS = {"moment": ("moment", False), "pulse": ("pulse", False), "pulse-cpp": ("pulse", True)}
+VARIANTS = {"moment": ("moment", False), "moment-cpp": ("moment", True), "pulse": ("pulse", False),
+            "pulse-cpp": ("pulse", True)}
 
 
 def analog_sgd_config(tau: float = 0.7):
@@ -140,7 +141,7 @@ def repeated_update(variants: list[str], trials: int, x: torch.Tensor, d: torch.
     return torch.stack(theirs), ours
 
 
-@pytest.mark.parametrize("variants", [["moment"], ["pulse", "pulse-cpp"]])
+@pytest.mark.parametrize("variants", [["moment", "moment-cpp"], ["pulse", "pulse-cpp"]])
 def test_update_mean_and_variance_match_aihwkit(variants):
     """MNIST-like: 4 samples of non-negative inputs (some zero, and two inputs zero in every
     sample, so the update skips their lines), errors up to ~0.5, lr 0.05: some samples hit the
@@ -159,13 +160,14 @@ def test_update_of_a_saturated_sample_matches_aihwkit():
     """One sample far beyond the pulse cap (k ≈ 150): the update is truncated at 31 pulses."""
     x = torch.tensor([[0.5, -0.2, 0.1]])
     d = torch.tensor([[3.0, -1.0, 0.5, 2.0]])
-    theirs, ours = repeated_update(["moment", "pulse-cpp"], 8000, x, d, lr=0.05)
-    for variant, dw in zip(("moment", "pulse-cpp"), ours, strict=True):
+    variants = ["moment", "moment-cpp", "pulse-cpp"]
+    theirs, ours = repeated_update(variants, 8000, x, d, lr=0.05)
+    for variant, dw in zip(variants, ours, strict=True):
         assert rel(dw.mean(0), theirs.mean(0)) < TOLERANCE, variant
         assert rel(dw.var(0), theirs.var(0)) < TOLERANCE, variant
 
 
-@pytest.mark.parametrize("variants", [["moment"], ["pulse", "pulse-cpp"]])
+@pytest.mark.parametrize("variants", [["moment", "moment-cpp"], ["pulse", "pulse-cpp"]])
 def test_update_covariance_between_devices_matches_aihwkit(variants):
     """The devices of one row (column) share that row's (column's) pulse train, so their updates
     are correlated. Off-diagonal covariances of ΔW over 8,000 repeats: two halves of AIHWKit's
@@ -287,7 +289,7 @@ def test_conv_training_step_matches_aihwkit():
         opt.step()
         theirs.append(tile.tile.get_weights() - w0)  # the raw tile: without the output scale
     theirs = torch.stack(theirs)
-    for variant in ("moment", "pulse-cpp"):
+    for variant in ("moment", "moment-cpp", "pulse-cpp"):
         mode, cpp = VARIANTS[variant]
         with cpp_kernels(cpp):
             ours = tnn.AnalogConv2d(2, 3, 3, [from_aihwkit(config)] * trials, bias=False,
@@ -459,7 +461,7 @@ def test_initial_weights_are_those_of_the_aihwkit_backend():
     torch.testing.assert_close(tnn.analog_layers(ours)[0].get_weights()[0], w)
 
 
-@pytest.mark.parametrize("variant", ["moment", "pulse-cpp"])
+@pytest.mark.parametrize("variant", ["moment", "moment-cpp", "pulse-cpp"])
 @pytest.mark.parametrize("setting", ["Analog SGD", "TT-v1"])
 def test_run_state_round_trip_and_weights_stay_in_bounds(setting, variant):
     configs = [presets.rpu_config(setting, tau) for tau in (0.3, 0.8)]
@@ -522,6 +524,31 @@ def test_closed_form_of_n_pulses_equals_pulse_by_pulse_and_is_smooth_at_zero():
         assert abs(float(ours[0]) - exact) < 1e-6, (r, float(ours[0]), exact)
 
 
+def test_cpp_moment_update_equals_the_tensor_operations_at_large_counts():
+    """64 samples of large inputs and errors: ~400 coincidences per device and step, so the
+    closed form's decay e^{-r} (r up to ~0.9) comes from the C++ exponential, not its small-r
+    series. Mean and variance of ΔW over 3,000 repeats: the C++ moment update against the tensor
+    operations' (the same formulas, other random numbers)."""
+    config = analog_sgd_config()
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(64, 5, generator=g) * 0.8 + 0.2
+    d = torch.tensor([1.0, -1, 1, -1]) * (torch.rand(64, 4, generator=g) * 0.4 + 0.2)
+    w0 = (torch.rand(4, 5, generator=g) * 2 - 1) * 0.3
+    trials, out = 3000, []
+    for cpp in (False, True):
+        with cpp_kernels(cpp):
+            torch.manual_seed(2)
+            tile = AnalogTile(4, 5, [from_aihwkit(config)] * trials, update_mode="moment")
+            tile.set_weights(w0.expand(trials, -1, -1))
+            tile.stash(x.expand(trials, -1, -1), d.expand(trials, -1, -1))
+            tile.apply_update(0.05)
+            out.append(tile.weight - w0)
+    tensor_ops, cpp = out
+    assert float(tensor_ops.mean(0).abs().min()) > 0.1  # every device moved far
+    assert rel(cpp.mean(0), tensor_ops.mean(0)) < 0.005
+    assert rel(cpp.var(0), tensor_ops.var(0)) < TOLERANCE
+
+
 def test_cpp_io_pass_equals_the_tensor_operations_without_noise():
     """Without output noise the IO pass is deterministic, so the C++ pass must equal the tensor
     operations': on sparse, MNIST-like inputs (its own sum over the non-zero inputs), on dense
@@ -579,10 +606,12 @@ def test_cpp_kernels_repeat_under_a_seed_and_fall_back_when_they_cannot_be_built
 
 
 def test_compiled_update_equals_eager():
+    """torch.compile's fused moment update (used where the C++ kernels cannot be built)."""
     config = presets.rpu_config("Analog SGD", 0.7)
     outs = []
     for compiled in (False, True):
         set_compile(compiled)
+        native.set_native(False)
         try:
             tile = AnalogTile(7, 9, [config] * 2)
             tile.set_weights(torch.full((2, 7, 9), 0.1))

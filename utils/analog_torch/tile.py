@@ -498,19 +498,37 @@ class SoftBoundsArray(nn.Module):
 
     def _packed(self, params: list[Tensor]) -> Tensor:
         """The devices' s_up, s_down, b_max, b_min side by side, (R, in, out, 4), for the C++
-        update (a pulse then reads one cache line, not four). Rebuilt whenever one of them has
-        been written since (a loaded state, copied-in devices): keyed on their version counters."""
+        pulse update (a pulse then reads one cache line, not four)."""
+        return self._cached("_packed_cache", params, lambda: torch.stack(params, dim=-1))
+
+    def _planes(self, params: list[Tensor]) -> Tensor:
+        """The devices' s_up, s_down, b_max, b_min, s_up/b_max and s_down/|b_min| as planes,
+        (6, R, in, out), for the C++ moment update (its loop over a line then divides once)."""
+        s_up, s_down, b_max, b_min = params
+        return self._cached("_planes_cache", params, lambda: torch.stack(
+            [s_up, s_down, b_max, b_min, s_up / b_max, s_down / -b_min]))
+
+    def _cached(self, name: str, params: list[Tensor], build) -> Tensor:
+        """``build()`` (contiguous), kept until one of ``params`` is written (a loaded state,
+        copied-in devices): keyed on their version counters."""
         key = tuple((t.data_ptr(), t._version) for t in params)
-        cached = self.__dict__.get("_packed_cache")
+        cached = self.__dict__.get(name)
         if cached is None or cached[0] != key:
-            cached = (key, torch.stack(params, dim=-1).contiguous())
-            self.__dict__["_packed_cache"] = cached
+            cached = (key, build().contiguous())
+            self.__dict__[name] = cached
         return cached[1]
 
     def _moment_step(self, stored: list[Tensor], x: Tensor, d: Tensor, lr: float, flags: tuple,
                      c2c_std: Tensor, column: int | None) -> None:
         """Moment-matched counts on every device of a live input line (the lines whose x is
-        zero throughout get no pulse and are skipped)."""
+        zero throughout get no pulse and are skipped); with the C++ kernels, in one loop per
+        line."""
+        native = kernels_for(x, d)
+        if native is not None:
+            native.moment_update(stored[0], self._planes(stored[1:]), self.dw_min, c2c_std, x, d,
+                                 float(lr), *flags,
+                                 _ALL_LINES if column is None else torch.tensor([column]))
+            return
         rows = None
         if column is not None:
             stored = [t[:, column:column + 1] for t in stored]

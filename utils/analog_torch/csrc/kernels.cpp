@@ -10,6 +10,9 @@
 //                 per sample the stochastic pulse trains with bit-length and update management,
 //                 and each coincidence one soft-bounds pulse with cycle-to-cycle noise, clipped at
 //                 the device's bounds.
+//   moment_update the moment-matched update: the coincidence counts' mean and covariance summed
+//                 line by line over the samples, then the soft-bounds closed form and the rest
+//                 of the variance as noise, in one vectorized loop per line.
 //
 // Random numbers come from a xoshiro256** stream seeded from torch's default CPU generator, so
 // torch.manual_seed makes a run repeatable and a saved torch RNG state resumes it.
@@ -21,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -229,6 +233,104 @@ void sparse_row(const float* x, int64_t k, const float* W, int64_t m, float* y) 
   }
 }
 
+// the stochastic pulse trains of one sample (AIHWKit's update with bit-length and update
+// management): bl slots; x_j fires in a slot with probability min(|x_j|·scale_x, 1), d_i with
+// min(|d_i|·scale_d, 1), so the expected coincidence count bl·p_j·q_i is lr·|x_j d_i|/dw_min up to
+// desired_bl pulses per sample. False where the sample updates nothing (x or d all zero).
+struct Train {
+  double bl, scale_x, scale_d;
+};
+bool sample_train(const float* xr, int64_t K, const float* dr, int64_t O, double lr_dw,
+                  int64_t desired_bl, bool bl_management, bool update_management,
+                  double um_grad_scale, Train& out) {
+  float x_max_f = 0, d_max_f = 0;
+  for (int64_t j = 0; j < K; ++j) x_max_f = std::max(x_max_f, std::abs(xr[j]));
+  for (int64_t i = 0; i < O; ++i) d_max_f = std::max(d_max_f, std::abs(dr[i]));
+  if (x_max_f == 0 || d_max_f == 0) return false;
+  const double x_max = x_max_f;
+  double d_max = d_max_f, bl = static_cast<double>(desired_bl);
+  if (bl_management) {
+    const double k = lr_dw * x_max * d_max;
+    bl = std::min(std::max(std::ceil(k), 1.0), static_cast<double>(desired_bl));
+    d_max *= std::min(desired_bl / k, 1.0);
+  }
+  const double base = lr_dw / bl;
+  double scale_x = std::sqrt(base), scale_d = std::sqrt(base);
+  if (update_management) {
+    scale_x = std::sqrt(base * d_max / x_max);
+    scale_d = std::sqrt(base * x_max / d_max);
+  }
+  out = Train{bl, scale_x, scale_d * um_grad_scale};
+  return true;
+}
+
+// the array line each input drives: lines[k], or k when lines is empty (then K == L)
+std::vector<int64_t> line_map(const torch::Tensor& lines, int64_t K, int64_t L, const char* who) {
+  std::vector<int64_t> line_of(K);
+  if (lines.numel() == 0) {
+    TORCH_CHECK(K == L, who, ": x must drive every line");
+    for (int64_t k = 0; k < K; ++k) line_of[k] = k;
+  } else {
+    auto lc = lines.to(torch::kInt64).contiguous();
+    TORCH_CHECK(lc.numel() == K, who, ": one line per input");
+    for (int64_t k = 0; k < K; ++k) line_of[k] = lc.data_ptr<int64_t>()[k];
+  }
+  return line_of;
+}
+
+// a 32-bit integer hash (Wellons' lowbias32): the moment mode's per-device noise from (seed,
+// device index), so its loop has no generator state and vectorizes
+inline uint32_t mix32(uint32_t v) {
+  v ^= v >> 16;
+  v *= 0x7feb352dU;
+  v ^= v >> 15;
+  v *= 0x846ca68bU;
+  v ^= v >> 16;
+  return v;
+}
+
+// e^{-r} and the gain (1 − e^{-r})/r of the soft-bounds closed form, branch-free so that the loop
+// over a line vectorizes: 2^t = 2^k·2^f with k the nearest integer and |f| ≤ 1/2, 2^f by its
+// Taylor polynomial of degree 7 (relative error < 1e-8); below |r| = 0.05 the gain by its series
+// (1 − e^{-r} would cancel), to within r^5/720.
+inline void decay_gain(float r, float& decay, float& gain) {
+  constexpr float kMagic = 12582912.0f;
+  const float t = std::min(std::max(-r * 1.4426950409f, -125.0f), 125.0f);
+  const float kf = (t + kMagic) - kMagic;  // round to nearest
+  const float f = (t - kf) * 0.6931471806f;  // 2^(t−k) = e^f
+  float p = 1.0f / 5040;
+  p = p * f + 1.0f / 720;
+  p = p * f + 1.0f / 120;
+  p = p * f + 1.0f / 24;
+  p = p * f + 1.0f / 6;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(kf) + 127) << 23;
+  float two_k;
+  std::memcpy(&two_k, &bits, sizeof two_k);
+  decay = p * two_k;
+  const bool small = std::abs(r) < 0.05f;
+  const float series = 1 - r * (0.5f - r * (1.0f / 6 - r * (1.0f / 24 - r * (1.0f / 120))));
+  gain = small ? series : (1 - decay) / (small ? 1.0f : r);
+}
+
+// one sample's coincidence counts on the devices of one input line, in sample b
+// c = p·(bl·q + B) + A·q plus an independent part of variance p(1 − p)·bl·q(1 − q): p and A of the
+// input line, the rest per output line from the sample's rows (see moment_update), for the down
+// pulses (`down`) and the up pulses (`up`). Separate pointers, so that the loop vectorizes.
+inline void add_counts(float p, float a, const float* __restrict down, const float* __restrict up,
+                       int64_t O, float* __restrict n_down, float* __restrict v_down,
+                       float* __restrict n_up, float* __restrict v_up) {
+  const float p_var = p * (1 - p);
+  for (int64_t i = 0; i < O; ++i) {
+    n_down[i] += p * down[i] + a * down[O + i];
+    v_down[i] += p_var * down[2 * O + i];
+    n_up[i] += p * up[i] + a * up[O + i];
+    v_up[i] += p_var * up[2 * O + i];
+  }
+}
+
 }  // namespace
 
 // y = x @ wt through the analog periphery. wt (R, K, M) (any strides), x (R, N, K) → (R, N, M).
@@ -337,15 +439,7 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
   const int64_t R = w.size(0), L = w.size(1), O = w.size(2), N = x.size(1), K = x.size(2);
   TORCH_CHECK(d.size(2) == O && d.size(1) == N && x.size(0) == R && d.size(0) == R,
               "pulse_update: shapes");
-  std::vector<int64_t> line_of(K);
-  if (lines.numel() == 0) {
-    TORCH_CHECK(K == L, "pulse_update: x must drive every line");
-    for (int64_t k = 0; k < K; ++k) line_of[k] = k;
-  } else {
-    auto lc = lines.to(torch::kInt64).contiguous();
-    TORCH_CHECK(lc.numel() == K, "pulse_update: one line per input");
-    for (int64_t k = 0; k < K; ++k) line_of[k] = lc.data_ptr<int64_t>()[k];
-  }
+  const std::vector<int64_t> line_of = line_map(lines, K, L, "pulse_update");
   float* W = w.data_ptr<float>();
   const float* P = params.data_ptr<float>();  // per device: s_up, s_down, b_max, b_min
   const float *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
@@ -362,24 +456,12 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
     for (int64_t n = 0; n < N; ++n) {
       const float* xr = xp + (r * N + n) * K;
       const float* dr = dp + (r * N + n) * O;
-      float x_max_f = 0, d_max_f = 0;
-      for (int64_t j = 0; j < K; ++j) x_max_f = std::max(x_max_f, std::abs(xr[j]));
-      for (int64_t i = 0; i < O; ++i) d_max_f = std::max(d_max_f, std::abs(dr[i]));
-      if (x_max_f == 0 || d_max_f == 0) continue;
-      const double x_max = x_max_f;
-      double d_max = d_max_f, bl = static_cast<double>(desired_bl);
-      if (bl_management) {
-        const double k = lr_dw * x_max * d_max;
-        bl = std::min(std::max(std::ceil(k), 1.0), static_cast<double>(desired_bl));
-        d_max *= std::min(desired_bl / k, 1.0);
-      }
-      const double base = lr_dw / bl;
-      double scale_x = std::sqrt(base), scale_d = std::sqrt(base);
-      if (update_management) {
-        scale_x = std::sqrt(base * d_max / x_max);
-        scale_d = std::sqrt(base * x_max / d_max);
-      }
-      scale_d *= um_grad_scale;
+      Train train;
+      if (!sample_train(xr, K, dr, O, lr_dw, desired_bl, bl_management, update_management,
+                        um_grad_scale, train))
+        continue;
+      const double bl = train.bl;
+      const double scale_x = train.scale_x, scale_d = train.scale_d;
       const int64_t n_in = live_lines(xr, K, static_cast<float>(scale_x), in_idx.data(),
                                       in_p.data());
       const int64_t n_out = live_lines(dr, O, static_cast<float>(scale_d), out_idx.data(),
@@ -431,6 +513,127 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
   }
 }
 
+// The moment-matched update of an input-major array w (R, L, O), in place: each device moves by
+// the soft-bounds closed form at its coincidence counts (mean and line-shared noise), then by
+// zero-mean noise of the rest of the counts' variance and of the pulses' cycle-to-cycle noise
+// (tile.py, _moment_update, has the derivation). devices (6, R, L, O) holds s_up, s_down, b_max,
+// b_min, s_up/b_max and s_down/|b_min|. x (R, N, K) drives the lines `lines` (all if empty), d
+// (R, N, O). A line is summed over the samples where its input is non-zero, with its four
+// accumulators (mean and variance of the up and down counts) in cache; lines whose input is zero
+// throughout get no pulse and are not touched.
+void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
+                   torch::Tensor dw_std, torch::Tensor x, torch::Tensor d, double lr,
+                   int64_t desired_bl, bool bl_management, bool update_management,
+                   double um_grad_scale, torch::Tensor lines) {
+  TORCH_CHECK(w.is_contiguous() && w.scalar_type() == torch::kFloat32 && w.dim() == 3,
+              "moment_update: the weights must be contiguous float32 (R, lines, outputs)");
+  TORCH_CHECK(devices.is_contiguous() && devices.scalar_type() == torch::kFloat32 &&
+                  devices.dim() == 4 && devices.size(0) == 6 && devices.size(1) == w.size(0) &&
+                  devices.size(2) == w.size(1) && devices.size(3) == w.size(2),
+              "moment_update: devices must be contiguous float32 (6, R, lines, outputs)");
+  x = x.contiguous();
+  d = d.contiguous();
+  auto dwm = dw_min.contiguous().to(torch::kFloat64);
+  auto dws = dw_std.contiguous().to(torch::kFloat32);
+  const int64_t R = w.size(0), L = w.size(1), O = w.size(2), N = x.size(1), K = x.size(2);
+  TORCH_CHECK(d.size(2) == O && d.size(1) == N && x.size(0) == R && d.size(0) == R,
+              "moment_update: shapes");
+  const std::vector<int64_t> line_of = line_map(lines, K, L, "moment_update");
+  const int64_t plane = R * L * O;
+  float* W = w.data_ptr<float>();
+  const float* S_up = devices.data_ptr<float>();
+  const float *S_down = S_up + plane, *B_max = S_up + 2 * plane, *B_min = S_up + 3 * plane;
+  const float *C_up = S_up + 4 * plane, *C_down = S_up + 5 * plane;
+  const float *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
+  Rng rng(torch_seed());
+
+  // per sample and output line, for the down (x_j·d_i > 0) and up counts: with q the pulse
+  // probability, B the train's deviation from its mean count (Gaussian, shared by the line),
+  // the counts' mean factor bl·q + B, q, and the variance factor bl·q(1 − q); for d_i > 0 and
+  // d_i < 0 apart (P, N), six rows of O per sample
+  std::vector<float> q_rows(N * 6 * O), px(N * K), ax(N * K);
+  std::vector<float> n_up(O), n_down(O), v_up(O), v_down(O);
+  std::vector<int64_t> used;  // the samples that drive a line
+  used.reserve(N);
+  for (int64_t r = 0; r < R; ++r) {
+    const double lr_dw = lr / dwm.data_ptr<double>()[r];
+    const float sigma = dws.data_ptr<float>()[r], c2c_var = sigma * sigma;
+    const int64_t base_off = r * L * O;
+    const uint32_t seed_lo = static_cast<uint32_t>(rng.next()), seed_hi = rng.next32();
+    for (int64_t n = 0; n < N; ++n) {
+      const float* xr = xp + (r * N + n) * K;
+      const float* dr = dp + (r * N + n) * O;
+      float* pr = px.data() + n * K;
+      float* ar = ax.data() + n * K;
+      Train train;
+      if (!sample_train(xr, K, dr, O, lr_dw, desired_bl, bl_management, update_management,
+                        um_grad_scale, train)) {
+        std::fill(pr, pr + K, 0.0f);
+        continue;
+      }
+      const float bl = static_cast<float>(train.bl);
+      const float sx = static_cast<float>(train.scale_x), sd = static_cast<float>(train.scale_d);
+      for (int64_t j = 0; j < K; ++j) {  // A_j: the input train's deviation, shared by its line
+        const float p = std::min(std::abs(xr[j]) * sx, 1.0f);
+        pr[j] = p;
+        ar[j] = p > 0 ? rng.gauss() * std::sqrt(bl * p * (1 - p)) : 0.0f;
+      }
+      float* qr = q_rows.data() + n * 6 * O;
+      for (int64_t i = 0; i < O; ++i) {
+        const float q = std::min(std::abs(dr[i]) * sd, 1.0f), q_var = q * (1 - q) * bl;
+        const float qb = q > 0 ? q * bl + rng.gauss() * std::sqrt(q_var) : 0.0f;
+        const bool pos = dr[i] > 0;
+        qr[i] = pos ? qb : 0.0f;
+        qr[O + i] = pos ? q : 0.0f;
+        qr[2 * O + i] = pos ? q_var : 0.0f;
+        qr[3 * O + i] = pos ? 0.0f : qb;
+        qr[4 * O + i] = pos ? 0.0f : q;
+        qr[5 * O + i] = pos ? 0.0f : q_var;
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      used.clear();
+      for (int64_t n = 0; n < N; ++n)
+        if (px[n * K + k] > 0) used.push_back(n);
+      if (used.empty()) continue;  // no pulse on this line
+      std::fill(n_up.begin(), n_up.end(), 0.0f);
+      std::fill(n_down.begin(), n_down.end(), 0.0f);
+      std::fill(v_up.begin(), v_up.end(), 0.0f);
+      std::fill(v_down.begin(), v_down.end(), 0.0f);
+      const float *nu = n_up.data(), *nd = n_down.data(), *vu = v_up.data(), *vd = v_down.data();
+      for (int64_t n : used) {
+        const float* qr = q_rows.data() + n * 6 * O;
+        const bool x_pos = xp[(r * N + n) * K + k] > 0;  // down where d has x's sign
+        add_counts(px[n * K + k], ax[n * K + k], qr + (x_pos ? 0 : 3 * O),
+                   qr + (x_pos ? 3 * O : 0), O, n_down.data(), v_down.data(), n_up.data(),
+                   v_up.data());
+      }
+      const int64_t row = base_off + line_of[k] * O;
+      float* __restrict wr = W + row;
+      const float *__restrict su = S_up + row, *__restrict sdn = S_down + row;
+      const float *__restrict hi = B_max + row, *__restrict lo = B_min + row;
+      const float *__restrict cu = C_up + row, *__restrict cd = C_down + row;
+      const uint32_t key = seed_lo + static_cast<uint32_t>(row);
+      for (int64_t i = 0; i < O; ++i) {
+        float decay, gain;
+        decay_gain(nu[i] * cu[i] + nd[i] * cd[i], decay, gain);
+        float v = wr[i] * decay + gain * (nu[i] * su[i] - nd[i] * sdn[i]);
+        // the rest of the variance, through the slope of one pulse at the new weight
+        const float a_up = su[i] - cu[i] * v, a_down = sdn[i] + cd[i] * v;
+        const float var = a_up * a_up * vu[i] + a_down * a_down * vd[i] +
+                          c2c_var * (su[i] * su[i] * std::max(nu[i], 0.0f) +
+                                     sdn[i] * sdn[i] * std::max(nd[i], 0.0f));
+        // zero-mean, unit-variance noise: uniform from 24 hashed bits (only its mean and
+        // variance matter here)
+        const uint32_t h = mix32(mix32(key + static_cast<uint32_t>(i)) ^ seed_hi);
+        const float u = (static_cast<float>(h >> 8) + 0.5f) * (1.0f / 16777216.0f) - 0.5f;
+        v += std::sqrt(std::max(var, 0.0f)) * (u * 3.4641016151f);
+        wr[i] = std::min(std::max(v, lo[i]), hi[i]);
+      }
+    }
+  }
+}
+
 // where |y| ≥ threshold (a bool tensor like y), or None where nowhere: the outputs at the ADC's
 // bound, through which no error passes back
 c10::optional<torch::Tensor> saturated(torch::Tensor y, double threshold) {
@@ -455,4 +658,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("saturated", &saturated, "mask of the outputs at the bound, or None");
   m.def("io_pass", &io_pass, "analog matrix-vector product with the IO periphery");
   m.def("pulse_update", &pulse_update, "pulse-by-pulse soft-bounds update, in place");
+  m.def("moment_update", &moment_update, "moment-matched soft-bounds update, in place");
 }
