@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from torch.optim import Optimizer
 
 from utils.analog_torch.config import RPUConfig
-from utils.analog_torch.tile import AnalogTile
+from utils.analog_torch.tile import AnalogTile, tile_grid
 
 
 def _chunks(size: int, limit: int) -> list[int]:
@@ -87,19 +87,8 @@ class AnalogLinear(nn.Module):
 
     def forward_runs(self, x: Tensor) -> Tensor:
         """(R, N, in) → (R, N, out)."""
-        outs, k = [], 0
-        xs = x.split(self.in_sizes, dim=-1) if len(self.in_sizes) > 1 else (x,)
-        for _ in self.out_sizes:
-            total = None
-            for j in range(len(self.in_sizes)):
-                y = self.tiles[k](xs[j])
-                if self.out_scaling is not None:
-                    y = y * self.out_scaling[k].view(-1, 1, 1)
-                total = y if total is None else total + y
-                k += 1
-            outs.append(total)
-        y = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
-        return y if self.bias is None else y + self.bias.unsqueeze(1)
+        return tile_grid(x, self.tiles, self.in_sizes, self.out_sizes, self.tiles[0].ctx,
+                         self.bias, () if self.out_scaling is None else tuple(self.out_scaling))
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.forward_runs(x.reshape(self.runs, -1, self.in_features))
@@ -141,11 +130,8 @@ class AnalogConv2d(nn.Module):
         h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         cols = F.unfold(x, k, padding=p, stride=s)  # (R·B, C·k·k, L)
         cols = cols.transpose(1, 2).reshape(self.runs, -1, cols.shape[1])  # (R, B·L, C·k·k)
-        y = self.tile(cols)
-        if self.out_scaling is not None:
-            y = y * self.out_scaling.view(-1, 1, 1)
-        if self.bias is not None:
-            y = y + self.bias.unsqueeze(1)
+        y = tile_grid(cols, [self.tile], [self.tile.in_size], [self.out_channels], self.tile.ctx,
+                      self.bias, () if self.out_scaling is None else (self.out_scaling,))
         return y.reshape(n, h_out * w_out, self.out_channels).transpose(1, 2).reshape(
             n, self.out_channels, h_out, w_out)
 

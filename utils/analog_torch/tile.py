@@ -98,6 +98,17 @@ def _one_pass(weight: Tensor, x: Tensor, io: IOParameters,
     return y.clamp(-io.out_bound, io.out_bound), over.any(dim=-1, keepdim=True)
 
 
+def native_io(io: IOParameters, bound_management: bool) -> tuple:
+    """The IO settings as the C++ ``io_pass`` takes them (after the weights and the inputs)."""
+    inp_step = _res_step(io.inp_res, io.inp_bound)
+    additive = io.w_noise > 0 and io.w_noise_type == "additive_constant"
+    return (io.inp_bound, inp_step, io.out_bound, _res_step(io.out_res, io.out_bound),
+            io.out_noise, io.w_noise if additive else 0.0, io.noise_management == "abs_max",
+            bound_management and io.bound_management == "iterative",
+            min(io.max_bm_factor, io.max_bm_res / inp_step if inp_step > 0 else math.inf),
+            io.bm_test_negative_bound)
+
+
 def analog_mvm(weight: Tensor, x: Tensor, io: IOParameters, bound_management: bool = True,
                noise_list: Tensor | None = None) -> Tensor:
     """``x @ weightᵀ`` through the analog periphery: weight (R, out, in), x (R, N, in) → (R, N, out).
@@ -110,15 +121,8 @@ def analog_mvm(weight: Tensor, x: Tensor, io: IOParameters, bound_management: bo
         return torch.matmul(x, weight.transpose(-1, -2))
     native = kernels_for(weight, x)
     if native is not None:
-        inp_step = _res_step(io.inp_res, io.inp_bound)
-        additive = io.w_noise > 0 and io.w_noise_type == "additive_constant"
-        return native.io_pass(
-            weight.transpose(-1, -2), x, io.inp_bound, inp_step, io.out_bound,
-            _res_step(io.out_res, io.out_bound), io.out_noise, io.w_noise if additive else 0.0,
-            io.noise_management == "abs_max",
-            bound_management and io.bound_management == "iterative",
-            min(io.max_bm_factor, io.max_bm_res / inp_step if inp_step > 0 else math.inf),
-            io.bm_test_negative_bound, noise_list)
+        return native.io_pass(weight.transpose(-1, -2), x, *native_io(io, bound_management),
+                              noise_list)
     scale = None
     if io.noise_management == "abs_max":
         scale = x.abs().amax(dim=-1, keepdim=True)
@@ -627,9 +631,34 @@ class AnalogTile(nn.Module):
         return analog_mvm(self.weight.transpose(-1, -2), d, self.config.backward,
                           bound_management=False, noise_list=self.noise_list)
 
+    def read(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The forward pass (R, N, in) → (R, N, out), and where its outputs are at the ADC's
+        bound (None where none is, or without an ADC): AIHWKit passes no error back through
+        them (the update still uses the full error)."""
+        native = kernels_for(x) if self.kind != "fp" else None
+        if native is None:
+            y = self.forward_pass(x)
+            if self.kind == "fp" or self.config.forward.is_perfect:
+                return y, None
+            return y, y.abs() >= OUT_BOUND_MASK * self.config.forward.out_bound
+        if self.config.forward.is_perfect:
+            return torch.matmul(x, self.weight.transpose(-1, -2)), None
+        # the C++ pass straight on the input-major weights, its settings worked out once
+        args = self.__dict__.get("_forward_io")
+        if args is None:
+            args = self.__dict__["_forward_io"] = native_io(self.config.forward, True)
+        y = native.io_pass(self._input_major(), x, *args, self.noise_list)
+        return y, native.saturated(y, OUT_BOUND_MASK * self.config.forward.out_bound)
+
+    def _input_major(self) -> Tensor:
+        """The visible weights input-major, (R, in, out)."""
+        if self.kind == "single":
+            return self.array.weight_t
+        return self.slow.weight_t
+
     def forward(self, x: Tensor) -> Tensor:
         """(R, N, in) → (R, N, out); in training mode the backward pass stashes (x, d)."""
-        return _TileFunction.apply(x, self.ctx, self)
+        return tile_grid(x, [self], [self.in_size], [self.out_size], self.ctx)
 
     def stash(self, x: Tensor, d: Tensor) -> None:
         self._stash.append((x, d))
@@ -676,34 +705,75 @@ class AnalogTile(nn.Module):
             self.transfer_column.fill_((col + 1) % self.in_size)
 
 
-class _TileFunction(torch.autograd.Function):
-    """Forward through the tile's forward pass; backward through its backward pass, stashing the
-    (input, output-gradient) pair for the pulsed update (AIHWKit's weights get no autograd grad)."""
+def tile_grid(x: Tensor, tiles: Sequence[AnalogTile], in_sizes: Sequence[int],
+              out_sizes: Sequence[int], token: Tensor, bias: Tensor | None = None,
+              scales: Sequence[Tensor] = ()) -> Tensor:
+    """R runs through a grid of tiles (R, N, Σ in_sizes) → (R, N, Σ out_sizes): the input split
+    into pieces of ``in_sizes``, the output into blocks of ``out_sizes``, tile k = (block o, piece
+    j) in row-major order; block o = Σ_j α_k·tile_k(x_j) + bias, with α_k = ``scales[k]`` (R,)
+    when given. One autograd node for all of it (a node per tile, scale and sum cost more than
+    the small passes themselves on a CPU). ``token``: a parameter that requires a gradient, so
+    that the backward pass (which stashes each tile's (x, d) for the update) always runs."""
+    return _GridFunction.apply(x, (tiles, in_sizes, out_sizes), token, bias, *scales)
+
+
+class _GridFunction(torch.autograd.Function):
+    """Forward through the tiles' forward passes; backward through their backward passes,
+    stashing each tile's (input, output-gradient) pair for the pulsed update (AIHWKit's weights
+    get no autograd gradient)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, token: Tensor, tile: AnalogTile) -> Tensor:
-        ctx.tile = tile
+    def forward(ctx, x: Tensor, grid: tuple, token: Tensor, bias: Tensor | None,
+                *scales: Tensor) -> Tensor:
+        tiles, in_sizes, out_sizes = grid
+        ctx.grid = grid
+        xs = x.split(in_sizes, dim=-1) if len(in_sizes) > 1 else (x,)
+        blocks, saved, k = [], [], 0
         with torch.no_grad():
-            y = tile.forward_pass(x)
-        saturated = None
-        if tile.kind != "fp" and not tile.config.forward.is_perfect:
-            # AIHWKit back-propagates no error through an output at its bound (the update still
-            # uses the full error)
-            threshold = OUT_BOUND_MASK * tile.config.forward.out_bound
-            native = kernels_for(y)
-            saturated = (y.abs() >= threshold if native is None else
-                         native.saturated(y, threshold))  # C++: None where nothing saturated
-        ctx.save_for_backward(x, saturated)
-        return y
+            for _ in out_sizes:
+                total = None
+                for j in range(len(in_sizes)):
+                    y, saturated = tiles[k].read(xs[j])
+                    saved += [y if scales else None, saturated]
+                    if scales:
+                        y = y * scales[k].view(-1, 1, 1)
+                    total = y if total is None else total.add_(y)
+                    k += 1
+                blocks.append(total)
+            out = torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
+            if bias is not None:
+                out = out + bias.unsqueeze(1)
+        ctx.save_for_backward(x, *scales, *saved)
+        ctx.scaled = bool(scales)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, saturated = ctx.saved_tensors
-        tile = ctx.tile
-        if tile.training:
-            tile.stash(x.detach(), grad.detach())
+        tiles, in_sizes, out_sizes = ctx.grid
+        x, *rest = ctx.saved_tensors
+        n = len(tiles)
+        scales, saved = (rest[:n], rest[n:]) if ctx.scaled else ((), rest)
+        xs = x.split(in_sizes, dim=-1) if len(in_sizes) > 1 else (x,)
+        grads = grad.split(out_sizes, dim=-1) if len(out_sizes) > 1 else (grad,)
+        need_x = ctx.needs_input_grad[0]
+        grad_xs: list[Tensor | None] = [None] * len(in_sizes)
+        grad_scales: list[Tensor | None] = [None] * len(scales)
+        k = 0
+        for block in grads:
+            for j in range(len(in_sizes)):
+                tile, y, saturated = tiles[k], saved[2 * k], saved[2 * k + 1]
+                d = block * scales[k].view(-1, 1, 1) if scales else block
+                if tile.training:
+                    tile.stash(xs[j].detach(), d.detach())
+                if scales and ctx.needs_input_grad[4 + k]:
+                    grad_scales[k] = (block * y).sum(dim=(1, 2)).view(scales[k].shape)
+                if need_x:
+                    g = tile.backward_pass(d if saturated is None else d.masked_fill(saturated, 0))
+                    grad_xs[j] = g if grad_xs[j] is None else grad_xs[j] + g
+                k += 1
         grad_x = None
-        if ctx.needs_input_grad[0]:
-            masked = grad if saturated is None else grad.masked_fill(saturated, 0.0)
-            grad_x = tile.backward_pass(masked)
-        return grad_x, None, None  # ctx only puts the tile on the graph: no gradient
+        if need_x:
+            grad_x = torch.cat(grad_xs, dim=-1) if len(grad_xs) > 1 else grad_xs[0]
+        grad_bias = grad.sum(dim=1) if ctx.needs_input_grad[3] else None
+        # the token only puts the tiles on the graph: no gradient
+        return grad_x, None, None, grad_bias, *grad_scales

@@ -331,6 +331,50 @@ inline void add_counts(float p, float a, const float* __restrict down, const flo
   }
 }
 
+// how many coincidences ahead of its pulse a device's weight and parameters are fetched
+constexpr size_t kAhead = 16;
+inline void fetch(const float* W, const float* P, int64_t e) {
+  __builtin_prefetch(W + e, 1);
+  __builtin_prefetch(P + 4 * e);
+}
+
+// one slot of a pulse train: which of the n live lines (indices idx, thresholds thr from
+// live_lines) fire, written to fired; returns how many. Two lines per 64-bit draw, and no branch
+// on the coin: the index is written anyway and the count moves on only where it fired.
+inline int64_t fire(Rng& gen, const int32_t* idx, const int64_t* thr, int64_t n, int32_t* fired) {
+  int64_t m = 0, a = 0;
+  for (; a + 1 < n; a += 2) {
+    const uint64_t v = gen.next();
+    fired[m] = idx[a];
+    m += static_cast<int64_t>(v & 0xFFFFFFFFULL) < thr[a];
+    fired[m] = idx[a + 1];
+    m += static_cast<int64_t>(v >> 32) < thr[a + 1];
+  }
+  if (a < n) {
+    fired[m] = idx[a];
+    m += static_cast<int64_t>(gen.next() >> 32) < thr[a];
+  }
+  return m;
+}
+
+// y (N, m, zeroed) += x (N, k) @ W (k, m) over the non-zero x, line by line: each line's weights
+// are read once for a block of samples (whose outputs stay in cache), not once per sample
+void sparse_rows(const float* x, int64_t N, int64_t k, const float* W, int64_t m, float* y) {
+  constexpr int64_t kBlock = 32;
+  for (int64_t n0 = 0; n0 < N; n0 += kBlock) {
+    const int64_t n1 = std::min(N, n0 + kBlock);
+    for (int64_t j = 0; j < k; ++j) {
+      const float* w = W + j * m;
+      for (int64_t n = n0; n < n1; ++n) {
+        const float v = x[n * k + j];
+        if (v == 0) continue;
+        float* out = y + n * m;
+        for (int64_t i = 0; i < m; ++i) out[i] += v * w[i];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // y = x @ wt through the analog periphery. wt (R, K, M) (any strides), x (R, N, K) → (R, N, M).
@@ -380,8 +424,8 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
     y = torch::zeros({R, N, M}, x.options());
     const float* W = wt.data_ptr<float>();
     float* out = y.data_ptr<float>();
-    for (int64_t s = 0; s < R * N; ++s) sparse_row(xqp + s * K, K, W + (s / N) * wt.stride(0), M,
-                                                   out + s * M);
+    for (int64_t r = 0; r < R; ++r)
+      sparse_rows(xqp + r * N * K, N, K, W + r * wt.stride(0), M, out + r * N * M);
   } else {
     y = torch::matmul(xq, wt).contiguous();
   }
@@ -434,8 +478,9 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
               "pulse_update: params must be contiguous float32 (R, lines, outputs, 4)");
   x = x.contiguous();
   d = d.contiguous();
-  auto dwm = dw_min.contiguous().to(torch::kFloat64);
-  auto dws = dw_std.contiguous().to(torch::kFloat32);
+  TORCH_CHECK(dw_min.scalar_type() == torch::kFloat32 && dw_std.scalar_type() == torch::kFloat32,
+              "dw_min and its std must be float32");
+  auto dwm = dw_min.contiguous(), dws = dw_std.contiguous();
   const int64_t R = w.size(0), L = w.size(1), O = w.size(2), N = x.size(1), K = x.size(2);
   TORCH_CHECK(d.size(2) == O && d.size(1) == N && x.size(0) == R && d.size(0) == R,
               "pulse_update: shapes");
@@ -445,12 +490,15 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
   const float *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
   Rng rng(torch_seed());
 
-  std::vector<int32_t> in_idx(K), out_idx(O), in_fired, out_fired;
+  std::vector<int32_t> in_idx(K), out_idx(O), in_fired(K), out_fired(O);
   std::vector<int64_t> in_p(K), out_q(O);  // per live line: its threshold (live_lines)
-  in_fired.reserve(K);
-  out_fired.reserve(O);
+  std::vector<int64_t> pairs;  // one slot's coincidences: device index · 2 + (down pulse)
+  std::vector<float> gauss;
+  // the trains' draws from a generator of their own, which the compiler keeps in registers (the
+  // noise's generator is passed around, so it lives in memory)
+  Rng trains(torch_seed());
   for (int64_t r = 0; r < R; ++r) {
-    const double lr_dw = lr / dwm.data_ptr<double>()[r];
+    const double lr_dw = lr / static_cast<double>(dwm.data_ptr<float>()[r]);
     const float sigma = dws.data_ptr<float>()[r];
     const int64_t base_off = r * L * O;
     for (int64_t n = 0; n < N; ++n) {
@@ -460,11 +508,9 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
       if (!sample_train(xr, K, dr, O, lr_dw, desired_bl, bl_management, update_management,
                         um_grad_scale, train))
         continue;
-      const double bl = train.bl;
-      const double scale_x = train.scale_x, scale_d = train.scale_d;
-      const int64_t n_in = live_lines(xr, K, static_cast<float>(scale_x), in_idx.data(),
+      const int64_t n_in = live_lines(xr, K, static_cast<float>(train.scale_x), in_idx.data(),
                                       in_p.data());
-      const int64_t n_out = live_lines(dr, O, static_cast<float>(scale_d), out_idx.data(),
+      const int64_t n_out = live_lines(dr, O, static_cast<float>(train.scale_d), out_idx.data(),
                                        out_q.data());
       // the side with fewer lines is drawn first; the other only in slots where it fired
       const bool outputs_first = n_out <= n_in;
@@ -474,39 +520,47 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
       const int32_t* second_idx = outputs_first ? in_idx.data() : out_idx.data();
       const int64_t* second_p = outputs_first ? in_p.data() : out_q.data();
       const int64_t n_second = outputs_first ? n_in : n_out;
-      auto& first_fired = outputs_first ? out_fired : in_fired;
-      auto& second_fired = outputs_first ? in_fired : out_fired;
-      const int64_t slots = static_cast<int64_t>(bl);
+      int32_t* first_fired = outputs_first ? out_fired.data() : in_fired.data();
+      int32_t* second_fired = outputs_first ? in_fired.data() : out_fired.data();
+      const int64_t slots = static_cast<int64_t>(train.bl);
       for (int64_t t = 0; t < slots; ++t) {
-        first_fired.clear();
-        for (int64_t a = 0; a < n_first; ++a)
-          if (static_cast<int64_t>(rng.next32()) < first_p[a]) first_fired.push_back(first_idx[a]);
-        if (first_fired.empty()) continue;
-        second_fired.clear();
-        for (int64_t b = 0; b < n_second; ++b)
-          if (static_cast<int64_t>(rng.next32()) < second_p[b])
-            second_fired.push_back(second_idx[b]);
-        for (int32_t j : in_fired) {
+        const int64_t n_first_fired = fire(trains, first_idx, first_p, n_first, first_fired);
+        if (n_first_fired == 0) continue;
+        const int64_t n_second_fired = fire(trains, second_idx, second_p, n_second, second_fired);
+        const int64_t n_in_fired = outputs_first ? n_second_fired : n_first_fired;
+        const int64_t n_out_fired = outputs_first ? n_first_fired : n_second_fired;
+        // this slot's coincidences, every fired input with every fired output: listed first, so
+        // that each device's cache lines can be fetched well ahead of its pulse (they are
+        // scattered over the array; waiting for them was most of the time)
+        const size_t count = static_cast<size_t>(n_in_fired * n_out_fired);
+        if (pairs.size() < count) pairs.resize(count);
+        int64_t* pair = pairs.data();
+        for (int64_t a = 0; a < n_in_fired; ++a) {
+          const int32_t j = in_fired[a];
           const bool x_pos = xr[j] > 0;
           const int64_t row = base_off + line_of[j] * O;
-          const size_t fired = out_fired.size();
-          for (size_t k = 0; k < fired; ++k) {
-            const int32_t i = out_fired[k];
-            if (k + 2 < fired) {  // the devices are scattered: fetch ahead
-              __builtin_prefetch(W + row + out_fired[k + 2], 1);
-              __builtin_prefetch(P + 4 * (row + out_fired[k + 2]));
-            }
-            const int64_t e = row + i;
-            const float* dev = P + 4 * e;  // one cache line holds the device's four numbers
-            // W ← W − lr·d xᵀ: a down pulse where x_j·d_i > 0 (selects, not branches: the sign
-            // is a coin flip to the branch predictor)
-            const bool down = x_pos == (dr[i] > 0);
-            const float step = down ? dev[1] : dev[0], bound = down ? dev[3] : dev[2];
-            const float v = W[e];
-            float moved = v + (down ? -step : step) * (1.0f - v / bound);
-            if (sigma > 0) moved += sigma * step * rng.gauss();
-            W[e] = std::min(std::max(moved, dev[3]), dev[2]);
+          // W ← W − lr·d xᵀ: a down pulse where x_j·d_i > 0
+          for (int64_t c = 0; c < n_out_fired; ++c) {
+            const int32_t i = out_fired[c];
+            *pair++ = ((row + i) << 1) | (x_pos == (dr[i] > 0));
           }
+        }
+        if (sigma > 0) {  // their cycle-to-cycle noise, drawn apart (the generator in registers)
+          if (gauss.size() < count) gauss.resize(count);
+          fill_noise(gauss.data(), static_cast<int64_t>(count), rng, nullptr, 0, 0);
+        }
+        for (size_t k = 0; k < std::min(count, kAhead); ++k) fetch(W, P, pairs[k] >> 1);
+        for (size_t k = 0; k < count; ++k) {
+          if (k + kAhead < count) fetch(W, P, pairs[k + kAhead] >> 1);
+          const int64_t e = pairs[k] >> 1;
+          const bool down = pairs[k] & 1;
+          const float* dev = P + 4 * e;  // one cache line holds the device's four numbers
+          // selects, not branches: the sign is a coin flip to the branch predictor
+          const float step = down ? dev[1] : dev[0], bound = down ? dev[3] : dev[2];
+          const float v = W[e];
+          float moved = v + (down ? -step : step) * (1.0f - v / bound);
+          if (sigma > 0) moved += sigma * step * gauss[k];
+          W[e] = std::min(std::max(moved, dev[3]), dev[2]);
         }
       }
     }
@@ -533,8 +587,9 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
               "moment_update: devices must be contiguous float32 (6, R, lines, outputs)");
   x = x.contiguous();
   d = d.contiguous();
-  auto dwm = dw_min.contiguous().to(torch::kFloat64);
-  auto dws = dw_std.contiguous().to(torch::kFloat32);
+  TORCH_CHECK(dw_min.scalar_type() == torch::kFloat32 && dw_std.scalar_type() == torch::kFloat32,
+              "dw_min and its std must be float32");
+  auto dwm = dw_min.contiguous(), dws = dw_std.contiguous();
   const int64_t R = w.size(0), L = w.size(1), O = w.size(2), N = x.size(1), K = x.size(2);
   TORCH_CHECK(d.size(2) == O && d.size(1) == N && x.size(0) == R && d.size(0) == R,
               "moment_update: shapes");
@@ -556,7 +611,7 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
   std::vector<int64_t> used;  // the samples that drive a line
   used.reserve(N);
   for (int64_t r = 0; r < R; ++r) {
-    const double lr_dw = lr / dwm.data_ptr<double>()[r];
+    const double lr_dw = lr / static_cast<double>(dwm.data_ptr<float>()[r]);
     const float sigma = dws.data_ptr<float>()[r], c2c_var = sigma * sigma;
     const int64_t base_off = r * L * O;
     const uint32_t seed_lo = static_cast<uint32_t>(rng.next()), seed_hi = rng.next32();
