@@ -154,8 +154,7 @@ def main() -> None:
     steps_per_epoch = TRAIN_IMAGES // BATCH[args.model]
     title = (f"{args.model.upper()}, {args.setting}, τ = {TAU}, batch {BATCH[args.model]}, "
              f"{args.threads} thread(s), {source.split(' (')[0]}, torch backend on {device}"
-             + ("" if args.no_compile else " (C++ kernels on a CPU; moment update fused by "
-                "torch.compile)"))
+             + ("" if args.no_compile or device.type != "cpu" else " (C++ kernels)"))
     lines = [f"# Backend speed: {title}", "",
              f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
              f"thread(s), torch {torch.__version__}"

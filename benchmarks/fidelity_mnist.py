@@ -6,7 +6,7 @@ seed-to-seed spread of AIHWKit?
 
 For every --SETTING it trains S4.1-mnist-FCN.py on the first ``subset`` training images for
 ``epochs`` epochs, with AIHWKit (one run per seed) and with the torch backend in each update mode
-(all seeds batched; the pulse mode with tensor operations only and with the C++ kernels), then
+(all seeds batched; with tensor operations only and with the C++ kernels), then
 writes OUT/tables/backend_fidelity.{md,csv}: test accuracy per seed,
 mean ± std, and whether each torch mean lies inside AIHWKit's [min − margin, max + margin] over
 seeds (margin: one percentage point, for seeds that agree closely). Run folders go to --work.
@@ -29,14 +29,16 @@ from utils.analog_torch.presets import SETTINGS  # noqa: E402
 from utils.engine import experiment_name, run_folder  # noqa: E402
 
 MARGIN = 1.0  # percentage points around AIHWKit's range over seeds
-# (backend, update mode, how): the pulse mode with tensor operations only (--no-compile), and with
-# the C++ kernels (the default on a CPU; its runs go to WORK/cpp)
-BACKENDS = (("aihwkit", "moment", ""), ("torch", "moment", ""),
+# (backend, update mode, how): each torch mode with tensor operations only (--no-compile) and with
+# the C++ kernels (the default on a CPU); the torch runs go to WORK/tensor and WORK/cpp
+BACKENDS = (("aihwkit", "moment", ""),
+            ("torch", "moment", "tensor operations"), ("torch", "moment", "C++"),
             ("torch", "pulse", "tensor operations"), ("torch", "pulse", "C++"))
+FOLDER = {"": "", "tensor operations": "tensor", "C++": "cpp"}
 
 
 def work(how: str, args) -> Path:
-    return args.work / "cpp" if how == "C++" else args.work
+    return args.work / FOLDER[how]
 
 
 def train(setting: str, backend: str, mode: str, how: str, args) -> None:
@@ -70,8 +72,8 @@ def main() -> None:
     for setting in SETTINGS:
         accs = {}
         for backend, mode, how in BACKENDS:
-            if setting == "FP SGD" and mode == "pulse":
-                continue  # floating point has no pulses
+            if setting == "FP SGD" and (mode == "pulse" or how == "tensor operations"):
+                continue  # floating point has no pulses, and no C++ update
             if how == "C++" and not cpp:
                 continue
             train(setting, backend, mode, how, args)
@@ -82,8 +84,8 @@ def main() -> None:
         for (backend, mode, how), values in accs.items():
             mean = statistics.fmean(values)
             std = statistics.pstdev(values) if len(values) > 1 else 0.0
-            label = ("AIHWKit" if backend == "aihwkit" else
-                     f"torch ({mode}{', ' + how if how else ''})")
+            label = ("AIHWKit" if backend == "aihwkit" else "torch" if setting == "FP SGD" else
+                     f"torch ({mode}, {how})")  # FP SGD: a digital update, no mode
             rows.append({"setting": setting, "backend": label,
                          "per seed": ", ".join(f"{v:.2f}" for v in values),
                          "mean ± std": f"{mean:.2f} ± {std:.2f}",

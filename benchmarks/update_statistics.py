@@ -5,8 +5,8 @@ correlations between devices, against AIHWKit's (the numbers of README's "Fideli
 
 Each repeat starts from the same weights and applies one update of 4 (mean / variance) or 10
 (correlations) MNIST-like samples, with AIHWKit's device parameters copied into the torch backend
-(``repeated_update`` of tests/test_torch_backend.py). Prints, for each update mode (the pulse
-mode with tensor operations and with the C++ kernels):
+(``repeated_update`` of tests/test_torch_backend.py). Prints, for each update mode (with tensor
+operations and with the C++ kernels):
 
 * the relative difference (norm over the elements) of the mean and of the variance of ΔW, and
   the same between two halves of AIHWKit's repeats (its sampling noise);
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from test_torch_backend import VARIANTS, rel, repeated_update  # noqa: E402
 
-MODES = list(VARIANTS)  # moment, pulse (tensor operations), pulse-cpp (the C++ kernels)
+MODES = list(VARIANTS)  # each mode with tensor operations and with the C++ kernels
 
 
 def line_correlations(dw: torch.Tensor) -> tuple[float, float]:
@@ -61,7 +61,7 @@ def main() -> None:
     print("mean and variance of ΔW, relative difference to AIHWKit:")
     theirs, all_ours = repeated_update(MODES, args.repeats, x, d, lr=0.05)
     for mode, ours in zip(MODES, all_ours, strict=True):
-        print(f"  {mode:9s}: mean {100 * rel(ours.mean(0), theirs.mean(0)):.1f} %, variance "
+        print(f"  {mode:10s}: mean {100 * rel(ours.mean(0), theirs.mean(0)):.1f} %, variance "
               f"{100 * rel(ours.var(0), theirs.var(0)):.1f} %   (AIHWKit halves: mean "
               f"{100 * rel(theirs[:half].mean(0), theirs[half:].mean(0)):.1f} %, variance "
               f"{100 * rel(theirs[:half].var(0), theirs[half:].var(0)):.1f} %)", flush=True)
@@ -74,7 +74,7 @@ def main() -> None:
         for name, dw in zip(names, [theirs, *all_ours], strict=True):
             row, col = line_correlations(dw)
             pulses = float((dw.mean(0).abs() / 1e-3).mean())
-            print(f"  {label}, {name:15s}: row {row:+.3f}, column {col:+.3f}   "
+            print(f"  {label}, {name:16s}: row {row:+.3f}, column {col:+.3f}   "
                   f"(mean |ΔW| {pulses:.2f} dw_min)", flush=True)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 9, generator=g) * (torch.rand(4, 9, generator=g) > 0.3)
@@ -84,7 +84,7 @@ def main() -> None:
     ref = off_diagonal_covariance(theirs)
     halves = rel(off_diagonal_covariance(theirs[:half]), off_diagonal_covariance(theirs[half:]))
     for mode, ours in zip(MODES, all_ours, strict=True):
-        print(f"  {mode:9s}: {rel(off_diagonal_covariance(ours), ref):.2f}   (AIHWKit halves: "
+        print(f"  {mode:10s}: {rel(off_diagonal_covariance(ours), ref):.2f}   (AIHWKit halves: "
               f"{halves:.2f})", flush=True)
 
 

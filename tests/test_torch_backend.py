@@ -428,6 +428,51 @@ def test_batched_runs_equal_single_runs_in_floating_point():
         torch.testing.assert_close(a.get_weights()[1:2], b.get_weights(), rtol=1e-5, atol=1e-6)
 
 
+def test_split_layer_gradients_are_autograds():
+    """One autograd node per layer (tile_grid): a floating-point layer split into 2 × 2 tiles
+    (600 inputs, 520 outputs, 2 runs), with output scales and bias, gives the outputs and the
+    gradients of input, scales and bias that autograd gives for the same sum of scaled matrix
+    products, and each tile's stashed error is its output gradient times its scale."""
+    config = presets.rpu_config("FP SGD", 1.0)
+    config = dataclasses.replace(config, mapping=dataclasses.replace(config.mapping,
+                                                                     learn_out_scaling=True))
+    layer = tnn.AnalogLinear(600, 520, [config] * 2)
+    assert len(layer.tiles) == 4
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(2, 520, 600, generator=g) * 0.05, torch.randn(2, 520, generator=g)
+    layer.set_weights(weight, bias)
+    scales = torch.rand(4, 2, generator=g) + 0.5
+    with torch.no_grad():
+        for k, p in enumerate(layer.out_scaling):
+            p.copy_(scales[k])
+    x = torch.randn(2 * 3, 600, generator=g, requires_grad=True)
+    out_grad = torch.randn(2 * 3, 520, generator=g)
+    y = layer(x)
+    y.backward(out_grad)
+    # the reference: tile (o, j) holds weight[:, o-block, j-piece], scaled by scales[2·o + j]
+    xr = x.detach().clone().view(2, 3, 600).requires_grad_(True)
+    s = scales.clone().requires_grad_(True)
+    b = bias.clone().requires_grad_(True)
+    blocks = []
+    for o, (o0, o1) in enumerate(((0, 260), (260, 520))):
+        total = 0
+        for j, (i0, i1) in enumerate(((0, 300), (300, 600))):
+            part = torch.matmul(xr[..., i0:i1], weight[:, o0:o1, i0:i1].transpose(1, 2))
+            total = total + part * s[2 * o + j].view(-1, 1, 1)
+        blocks.append(total)
+    ref = torch.cat(blocks, -1) + b.unsqueeze(1)
+    ref.backward(out_grad.view(2, 3, 520))
+    torch.testing.assert_close(y.view(2, 3, 520), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.view(2, 3, 600), xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, b.grad, rtol=1e-5, atol=1e-5)
+    for k, p in enumerate(layer.out_scaling):
+        torch.testing.assert_close(p.grad, s.grad[k], rtol=1e-4, atol=1e-4)
+    stashed_x, stashed_d = layer.tiles[3]._stash[0]  # block 1, piece 1
+    torch.testing.assert_close(stashed_x, xr.detach()[..., 300:])
+    torch.testing.assert_close(stashed_d, out_grad.view(2, 3, 520)[..., 260:]
+                               * scales[3].view(-1, 1, 1))
+
+
 def test_floating_point_conv_is_torchs_conv_and_its_update_is_sgd():
     """The unfold path: output and update of a floating-point AnalogConv2d (2 runs) are those of
     F.conv2d and of SGD on its weight gradient (every (sample, patch) pair is an update vector)."""

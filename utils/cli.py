@@ -170,10 +170,11 @@ def add_backend_flags(parser: argparse.ArgumentParser, backend_help: str,
                              "AIHWKit; the faster mode there, see README 'Speed')")
     if compile_flag:
         parser.add_argument("--no-compile", action="store_true",
-                            help="torch backend only: on a CPU, run without the C++ kernels "
-                                 "(built once, about a minute, on first use) and without "
-                                 "torch.compile's fused moment update (seconds once per tile "
-                                 "shape); both need a C++ compiler")
+                            help="torch backend only: run without the C++ kernels of a CPU "
+                                 "(IO pass and both modes' updates; built once, about a minute, "
+                                 "on first use) and without torch.compile's fused moment update "
+                                 "(where the kernels do not run, e.g. a GPU; seconds once per "
+                                 "tile shape); both need a C++ compiler")
 
 
 def torch_device(cuda: int, require_aihwkit_cuda: bool = True):

@@ -1,5 +1,5 @@
-"""The torch backend's C++ kernels on a CPU (csrc/kernels.cpp): the IO pass and the pulse-by-pulse
-update, each in one call. Built on first use by ``torch.utils.cpp_extension`` (needs a C++
+"""The torch backend's C++ kernels on a CPU (csrc/kernels.cpp): the IO pass, the pulse-by-pulse
+update and the moment-matched update, each in one call. Built on first use by ``torch.utils.cpp_extension`` (needs a C++
 compiler; about a minute once, then cached under ``~/.cache/torch_extensions``; a build stopped
 half-way leaves a ``lock`` file there that makes the next one wait: delete it).
 
@@ -29,9 +29,12 @@ def set_native(on: bool) -> None:
 def kernels_for(*tensors):
     """The kernels for these tensors: when they are on and can be built, and every tensor is a
     float32 tensor on the CPU (what the kernels take); else None (tensor operations)."""
-    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return kernels()
-    return None
+    if not _STATE["on"]:
+        return None
+    for t in tensors:
+        if not t.is_cpu or t.dtype is not torch.float32:
+            return None
+    return kernels()
 
 
 def build_flags() -> tuple[str, list[str]]:

@@ -24,6 +24,9 @@ A tile holds, for each of R runs, an ``out × in`` weight matrix on pulsed soft-
     and the pulses' cycle-to-cycle noise) is added through the soft-bounds slope. With
     torch.compile (:func:`set_compile`) the elementwise part is one fused loop.
 
+  On a CPU both modes' updates and the IO pass run as C++ (utils/analog_torch/native.py), the
+  pulse mode pulse by pulse as AIHWKit applies them.
+
 * Tiki-Taka v1 (TransferCompound): gradient pulses onto A at fast_lr, then each mini-batch a
   cyclic column read of A through ``transfer_forward`` written onto C by a pulsed update.
 
@@ -374,9 +377,10 @@ _COMPILED: dict[str, object] = {}
 
 
 def set_compile(on: bool) -> None:
-    """Fuse the moment-matched update with torch.compile (one loop over the array instead of ~40
-    passes; needs a C++ compiler on a CPU, and the first step of each tile shape takes seconds).
-    Off by default; the training scripts turn it on unless --no-compile."""
+    """Turn on (or off) the fast paths: the C++ kernels for tiles on a CPU, and torch.compile's
+    fusion of the moment-matched update (one loop over the array instead of ~40 passes) where the
+    kernels do not run (a GPU, a CPU without a C++ compiler; the first step of each tile shape
+    then takes seconds). Off by default; the training scripts turn it on unless --no-compile."""
     _COMPILE["on"] = bool(on)
     set_native(on)
 

@@ -79,7 +79,12 @@ class Rng {
     const int iz = static_cast<int>(u & 127);
     const int64_t hz = static_cast<int32_t>(u >> 32);
     if ((hz < 0 ? -hz : hz) < z.k[iz]) return static_cast<float>(hz) * z.w[iz];  // ~99 %
-    return gauss_edge(iz, hz);
+    // the rest on a copy of the state, so that this generator's address never leaves the
+    // caller and the compiler can keep its state in registers
+    Rng copy = *this;
+    const float v = copy.gauss_edge(iz, hz);
+    *this = copy;
+    return v;
   }
 
  private:
@@ -198,13 +203,16 @@ bool finish_row(float* y, int64_t m, float x_norm, const PassParams& io, const f
     for (int64_t i = 0; i < m; ++i) y[i] += io.out_noise * noise[i];
   if (io.out_step > 0)
     for (int64_t i = 0; i < m; ++i) y[i] = quantize(y[i], io.out_step);
-  float hi = -INFINITY, lo = INFINITY;
-  for (int64_t i = 0; i < m; ++i) {
-    hi = std::max(hi, y[i]);
-    lo = std::min(lo, y[i]);
-    y[i] = std::min(std::max(y[i], -io.out_bound), io.out_bound);
-  }
-  return hi > io.out_bound || (io.test_negative && lo < -io.out_bound);
+  // which outputs fall outside the bound, as an OR of comparisons (a max over floats would not
+  // vectorize), then the clip
+  const float bound = io.out_bound;
+  int over = 0;
+  if (io.test_negative)
+    for (int64_t i = 0; i < m; ++i) over |= (y[i] > bound) | (y[i] < -bound);
+  else
+    for (int64_t i = 0; i < m; ++i) over |= y[i] > bound;
+  for (int64_t i = 0; i < m; ++i) y[i] = std::min(std::max(y[i], -bound), bound);
+  return over != 0;
 }
 
 // the DAC: x / divisor / bm onto the input grid, clipped (the operations in torch's order: the
