@@ -1,7 +1,8 @@
 """The torch backend's C++ kernels on a CPU (csrc/kernels.cpp): the IO pass, the pulse-by-pulse
-update and the moment-matched update, each in one call. Built on first use by ``torch.utils.cpp_extension`` (needs a C++
-compiler; about a minute once, then cached under ``~/.cache/torch_extensions``; a build stopped
-half-way leaves a ``lock`` file there that makes the next one wait: delete it).
+update and the moment-matched update, each in one call. Built on first use by
+``torch.utils.cpp_extension`` (needs a C++ compiler; about a minute once, then cached under
+``~/.cache/torch_extensions``; a build stopped half-way leaves a ``lock`` file there that makes
+the next one wait: delete it).
 
 :func:`kernels` returns the built module, or None (and says why, once) when it cannot be built;
 the tiles then run the same model with tensor operations (utils/analog_torch/tile.py). They use

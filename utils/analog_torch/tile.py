@@ -469,27 +469,27 @@ class SoftBoundsArray(nn.Module):
         """``W ← W − lr·Σ_b d_b x_bᵀ`` by pulses (see the module docstring for the two modes).
         With ``column``, x holds that one input (R, N, 1) and only that column of devices is
         updated (a Tiki-Taka transfer)."""
+        if mode not in UPDATE_MODES:
+            raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
         buffers = self._buffers
         stored = [buffers[f"{name}_t"] for name in SoftBoundsArray.STORED]  # weight first
         c2c_std = self.dw_min_std
         flags = (up.desired_bl, up.update_bl_management, up.update_management, up.um_grad_scale)
-        if mode == "pulse":
+        native = kernels_for(x, d)
+        if native is not None:  # C++: the pulse mode pulse by pulse, the moment mode line by line
+            kernel, devices = ((native.pulse_update, self._packed(stored[1:])) if mode == "pulse"
+                               else (native.moment_update, self._planes(stored[1:])))
+            kernel(stored[0], devices, self.dw_min, c2c_std, x, d, float(lr), *flags,
+                   _ALL_LINES if column is None else torch.tensor([column]))
+        elif mode == "pulse":
             self._pulse_step(stored, x, d, lr, flags, c2c_std, column)
-        elif mode == "moment":
-            self._moment_step(stored, x, d, lr, flags, c2c_std, column)
         else:
-            raise ValueError(f"unknown update mode {mode!r}; choose one of {UPDATE_MODES}")
+            self._moment_step(stored, x, d, lr, flags, c2c_std, column)
 
     def _pulse_step(self, stored: list[Tensor], x: Tensor, d: Tensor, lr: float, flags: tuple,
                     c2c_std: Tensor, column: int | None) -> None:
-        """Every pulse train drawn; only the devices that got a pulse are read and written. With
-        the C++ kernels, pulse by pulse and sample by sample, as AIHWKit applies them."""
-        native = kernels_for(x, d)
-        if native is not None:
-            native.pulse_update(stored[0], self._packed(stored[1:]), self.dw_min, c2c_std, x, d,
-                                float(lr), *flags,
-                                _ALL_LINES if column is None else torch.tensor([column]))
-            return
+        """Every pulse train drawn; only the devices that got a pulse are read and written (with
+        tensor operations; the C++ kernels apply them pulse by pulse, as AIHWKit)."""
         p, q, bl = pulse_probabilities(x, d, lr, self.dw_min, *flags)
         lines = None if column is None else torch.tensor([column], device=x.device)
         fired = sparse_counts(x, d, p, q, bl, lines, stored[0].shape)
@@ -529,14 +529,7 @@ class SoftBoundsArray(nn.Module):
     def _moment_step(self, stored: list[Tensor], x: Tensor, d: Tensor, lr: float, flags: tuple,
                      c2c_std: Tensor, column: int | None) -> None:
         """Moment-matched counts on every device of a live input line (the lines whose x is
-        zero throughout get no pulse and are skipped); with the C++ kernels, in one loop per
-        line."""
-        native = kernels_for(x, d)
-        if native is not None:
-            native.moment_update(stored[0], self._planes(stored[1:]), self.dw_min, c2c_std, x, d,
-                                 float(lr), *flags,
-                                 _ALL_LINES if column is None else torch.tensor([column]))
-            return
+        zero throughout get no pulse and are skipped), with tensor operations."""
         rows = None
         if column is not None:
             stored = [t[:, column:column + 1] for t in stored]

@@ -471,6 +471,39 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
   return y;
 }
 
+// what both updates take, checked: the weights w (R, L, O), the device parameters, x (R, N, K)
+// and d (R, N, O) made contiguous, dw_min and its std (float32, one per run), and the line each
+// input drives
+struct UpdateArgs {
+  torch::Tensor x, d, dw_min, dw_std;
+  int64_t R, L, O, N, K;
+  std::vector<int64_t> line_of;
+};
+UpdateArgs update_args(const char* who, const torch::Tensor& w, const torch::Tensor& params,
+                       bool planes, const torch::Tensor& x, const torch::Tensor& d,
+                       const torch::Tensor& dw_min, const torch::Tensor& dw_std,
+                       const torch::Tensor& lines) {
+  TORCH_CHECK(w.is_contiguous() && w.scalar_type() == torch::kFloat32 && w.dim() == 3, who,
+              ": the weights must be contiguous float32 (R, lines, outputs)");
+  // the device parameters: six planes (6, R, L, O), or four per device (R, L, O, 4)
+  const int64_t R = w.size(0), L = w.size(1), O = w.size(2);
+  const std::vector<int64_t> shape =
+      planes ? std::vector<int64_t>{6, R, L, O} : std::vector<int64_t>{R, L, O, 4};
+  TORCH_CHECK(params.is_contiguous() && params.scalar_type() == torch::kFloat32 &&
+                  params.sizes() == c10::IntArrayRef(shape),
+              who, ": the device parameters must be contiguous float32 ",
+              planes ? "(6, R, lines, outputs)" : "(R, lines, outputs, 4)");
+  TORCH_CHECK(dw_min.scalar_type() == torch::kFloat32 && dw_std.scalar_type() == torch::kFloat32,
+              who, ": dw_min and its std must be float32");
+  TORCH_CHECK(x.dim() == 3 && d.dim() == 3, who, ": x and d must be (R, N, ·)");
+  UpdateArgs a{x.contiguous(), d.contiguous(), dw_min.contiguous(), dw_std.contiguous(),
+               R, L, O, x.size(1), x.size(2), {}};
+  TORCH_CHECK(d.size(2) == a.O && d.size(1) == a.N && x.size(0) == a.R && d.size(0) == a.R, who,
+              ": shapes");
+  a.line_of = line_map(lines, a.K, a.L, who);
+  return a;
+}
+
 // The pulsed update W ← W − lr·Σ_b d_b x_bᵀ of an input-major array w (R, L, O), in place; params
 // (R, L, O, 4) holds each device's s_up, s_down, b_max, b_min side by side. x (R, N, K) drives
 // the lines `lines` (K of them; all L in order if empty), d (R, N, O).
@@ -478,24 +511,13 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
                   torch::Tensor dw_std, torch::Tensor x, torch::Tensor d, double lr,
                   int64_t desired_bl, bool bl_management, bool update_management,
                   double um_grad_scale, torch::Tensor lines) {
-  TORCH_CHECK(w.is_contiguous() && w.scalar_type() == torch::kFloat32 && w.dim() == 3,
-              "pulse_update: the weights must be contiguous float32 (R, lines, outputs)");
-  TORCH_CHECK(params.is_contiguous() && params.scalar_type() == torch::kFloat32 &&
-                  params.dim() == 4 && params.size(3) == 4 && params.size(0) == w.size(0) &&
-                  params.size(1) == w.size(1) && params.size(2) == w.size(2),
-              "pulse_update: params must be contiguous float32 (R, lines, outputs, 4)");
-  x = x.contiguous();
-  d = d.contiguous();
-  TORCH_CHECK(dw_min.scalar_type() == torch::kFloat32 && dw_std.scalar_type() == torch::kFloat32,
-              "dw_min and its std must be float32");
-  auto dwm = dw_min.contiguous(), dws = dw_std.contiguous();
-  const int64_t R = w.size(0), L = w.size(1), O = w.size(2), N = x.size(1), K = x.size(2);
-  TORCH_CHECK(d.size(2) == O && d.size(1) == N && x.size(0) == R && d.size(0) == R,
-              "pulse_update: shapes");
-  const std::vector<int64_t> line_of = line_map(lines, K, L, "pulse_update");
+  const UpdateArgs a = update_args("pulse_update", w, params, false, x, d, dw_min, dw_std, lines);
+  const int64_t R = a.R, O = a.O, N = a.N, K = a.K, L = a.L;
+  const std::vector<int64_t>& line_of = a.line_of;
+  const torch::Tensor &dwm = a.dw_min, &dws = a.dw_std;
   float* W = w.data_ptr<float>();
   const float* P = params.data_ptr<float>();  // per device: s_up, s_down, b_max, b_min
-  const float *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
+  const float *xp = a.x.data_ptr<float>(), *dp = a.d.data_ptr<float>();
   Rng rng(torch_seed());
 
   std::vector<int32_t> in_idx(K), out_idx(O), in_fired(K), out_fired(O);
@@ -587,27 +609,17 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
                    torch::Tensor dw_std, torch::Tensor x, torch::Tensor d, double lr,
                    int64_t desired_bl, bool bl_management, bool update_management,
                    double um_grad_scale, torch::Tensor lines) {
-  TORCH_CHECK(w.is_contiguous() && w.scalar_type() == torch::kFloat32 && w.dim() == 3,
-              "moment_update: the weights must be contiguous float32 (R, lines, outputs)");
-  TORCH_CHECK(devices.is_contiguous() && devices.scalar_type() == torch::kFloat32 &&
-                  devices.dim() == 4 && devices.size(0) == 6 && devices.size(1) == w.size(0) &&
-                  devices.size(2) == w.size(1) && devices.size(3) == w.size(2),
-              "moment_update: devices must be contiguous float32 (6, R, lines, outputs)");
-  x = x.contiguous();
-  d = d.contiguous();
-  TORCH_CHECK(dw_min.scalar_type() == torch::kFloat32 && dw_std.scalar_type() == torch::kFloat32,
-              "dw_min and its std must be float32");
-  auto dwm = dw_min.contiguous(), dws = dw_std.contiguous();
-  const int64_t R = w.size(0), L = w.size(1), O = w.size(2), N = x.size(1), K = x.size(2);
-  TORCH_CHECK(d.size(2) == O && d.size(1) == N && x.size(0) == R && d.size(0) == R,
-              "moment_update: shapes");
-  const std::vector<int64_t> line_of = line_map(lines, K, L, "moment_update");
+  const UpdateArgs a = update_args("moment_update", w, devices, true, x, d, dw_min, dw_std,
+                                    lines);
+  const int64_t R = a.R, O = a.O, N = a.N, K = a.K, L = a.L;
+  const std::vector<int64_t>& line_of = a.line_of;
+  const torch::Tensor &dwm = a.dw_min, &dws = a.dw_std;
   const int64_t plane = R * L * O;
   float* W = w.data_ptr<float>();
   const float* S_up = devices.data_ptr<float>();
   const float *S_down = S_up + plane, *B_max = S_up + 2 * plane, *B_min = S_up + 3 * plane;
   const float *C_up = S_up + 4 * plane, *C_down = S_up + 5 * plane;
-  const float *xp = x.data_ptr<float>(), *dp = d.data_ptr<float>();
+  const float *xp = a.x.data_ptr<float>(), *dp = a.d.data_ptr<float>();
   Rng rng(torch_seed());
 
   // per sample and output line, for the down (x_j·d_i > 0) and up counts: with q the pulse
