@@ -145,7 +145,7 @@ def repeated_update(variants: list[str], trials: int, x: torch.Tensor, d: torch.
 def test_update_mean_and_variance_match_aihwkit(variants):
     """MNIST-like: 4 samples of non-negative inputs (some zero, and two inputs zero in every
     sample, so the update skips their lines), errors up to ~0.5, lr 0.05: some samples hit the
-    31-pulse cap. The pulse mode with tensor operations and with the C++ kernels."""
+    31-pulse cap. Each mode with tensor operations and with the C++ kernels."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 9, generator=g) * (torch.rand(4, 9, generator=g) > 0.3)
     x[:, [2, 6]] = 0

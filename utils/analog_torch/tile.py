@@ -632,26 +632,12 @@ class AnalogTile(nn.Module):
         """The forward pass (R, N, in) → (R, N, out), and where its outputs are at the ADC's
         bound (None where none is, or without an ADC): AIHWKit passes no error back through
         them (the update still uses the full error)."""
-        native = kernels_for(x) if self.kind != "fp" else None
-        if native is None:
-            y = self.forward_pass(x)
-            if self.kind == "fp" or self.config.forward.is_perfect:
-                return y, None
-            return y, y.abs() >= OUT_BOUND_MASK * self.config.forward.out_bound
-        if self.config.forward.is_perfect:
-            return torch.matmul(x, self.weight.transpose(-1, -2)), None
-        # the C++ pass straight on the input-major weights, its settings worked out once
-        args = self.__dict__.get("_forward_io")
-        if args is None:
-            args = self.__dict__["_forward_io"] = native_io(self.config.forward, True)
-        y = native.io_pass(self._input_major(), x, *args, self.noise_list)
-        return y, native.saturated(y, OUT_BOUND_MASK * self.config.forward.out_bound)
-
-    def _input_major(self) -> Tensor:
-        """The visible weights input-major, (R, in, out)."""
-        if self.kind == "single":
-            return self.array.weight_t
-        return self.slow.weight_t
+        y = self.forward_pass(x)
+        if self.kind == "fp" or self.config.forward.is_perfect:
+            return y, None
+        threshold = OUT_BOUND_MASK * self.config.forward.out_bound
+        native = kernels_for(y)  # C++: None where no output is at the bound
+        return y, (y.abs() >= threshold if native is None else native.saturated(y, threshold))
 
     def forward(self, x: Tensor) -> Tensor:
         """(R, N, in) → (R, N, out); in training mode the backward pass stashes (x, d)."""

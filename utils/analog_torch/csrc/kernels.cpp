@@ -162,14 +162,18 @@ uint64_t torch_seed() {
   return at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
 }
 
+// 1.5·2^23: adding it to a float of magnitude below 2^22 and subtracting it again rounds that
+// float to an integer, half to even
+constexpr float kRoundMagic = 12582912.0f;
+
 // onto the grid of `step` (none if 0), rounding half to even, as torch.round(v / step) * step
 // (the same division, so ties round alike: the largest input halved by bound management is one).
 // The float adder rounds (1.5·2^23 trick) on v / step clamped to ±2^22, which changes nothing once
 // clipped to a bound of fewer than 2^22 steps, and keeps the loops branch-free.
 inline float quantize(float v, float step) {
-  constexpr float kMagic = 12582912.0f, kLimit = 4194304.0f;
+  constexpr float kLimit = 4194304.0f;
   const float t = std::min(std::max(v / step, -kLimit), kLimit);
-  return ((t + kMagic) - kMagic) * step;
+  return ((t + kRoundMagic) - kRoundMagic) * step;
 }
 
 struct PassParams {
@@ -229,16 +233,6 @@ float dac_row(const float* x, float* xq, int64_t k, float divisor, float bm,
   float norm = 0;
   for (int64_t j = 0; j < k; ++j) norm += xq[j] * xq[j];
   return std::sqrt(norm);
-}
-
-// y (m, zeroed) += Σ_j x_j·W[j, :] over the non-zero x_j; W (k, m) row-major
-void sparse_row(const float* x, int64_t k, const float* W, int64_t m, float* y) {
-  for (int64_t j = 0; j < k; ++j) {
-    const float v = x[j];
-    if (v == 0) continue;
-    const float* w = W + j * m;
-    for (int64_t i = 0; i < m; ++i) y[i] += v * w[i];
-  }
 }
 
 // the stochastic pulse trains of one sample (AIHWKit's update with bit-length and update
@@ -302,9 +296,8 @@ inline uint32_t mix32(uint32_t v) {
 // Taylor polynomial of degree 7 (relative error < 1e-8); below |r| = 0.05 the gain by its series
 // (1 − e^{-r} would cancel), to within r^5/720.
 inline void decay_gain(float r, float& decay, float& gain) {
-  constexpr float kMagic = 12582912.0f;
   const float t = std::min(std::max(-r * 1.4426950409f, -125.0f), 125.0f);
-  const float kf = (t + kMagic) - kMagic;  // round to nearest
+  const float kf = (t + kRoundMagic) - kRoundMagic;  // round to nearest
   const float f = (t - kf) * 0.6931471806f;  // 2^(t−k) = e^f
   float p = 1.0f / 5040;
   p = p * f + 1.0f / 720;
@@ -453,8 +446,8 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
         torch::Tensor yr;
         if (rows_contiguous) {
           yr = torch::zeros({M}, x.options());
-          sparse_row(redo_x.data(), K, wt.data_ptr<float>() + r * wt.stride(0), M,
-                     yr.data_ptr<float>());
+          sparse_rows(redo_x.data(), 1, K, wt.data_ptr<float>() + r * wt.stride(0), M,
+                      yr.data_ptr<float>());
         } else {
           auto xr = torch::from_blob(redo_x.data(), {1, K}, torch::kFloat32);
           yr = torch::matmul(xr, wt[r]).contiguous();
