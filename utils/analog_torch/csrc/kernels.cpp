@@ -291,10 +291,17 @@ inline uint32_t mix32(uint32_t v) {
   return v;
 }
 
+// below this |r| the gain (1 − e^{-r})/r is taken from its series (1 − e^{-r} would cancel)
+constexpr float kSmallRate = 0.05f;
+
+// the gain's series, to within r^5/720
+inline float small_gain(float r) {
+  return 1 - r * (0.5f - r * (1.0f / 6 - r * (1.0f / 24 - r * (1.0f / 120))));
+}
+
 // e^{-r} and the gain (1 − e^{-r})/r of the soft-bounds closed form, branch-free so that the loop
 // over a line vectorizes: 2^t = 2^k·2^f with k the nearest integer and |f| ≤ 1/2, 2^f by its
-// Taylor polynomial of degree 7 (relative error < 1e-8); below |r| = 0.05 the gain by its series
-// (1 − e^{-r} would cancel), to within r^5/720.
+// Taylor polynomial of degree 7 (relative error < 1e-8); below kSmallRate the gain by its series.
 inline void decay_gain(float r, float& decay, float& gain) {
   const float t = std::min(std::max(-r * 1.4426950409f, -125.0f), 125.0f);
   const float kf = (t + kRoundMagic) - kRoundMagic;  // round to nearest
@@ -311,9 +318,8 @@ inline void decay_gain(float r, float& decay, float& gain) {
   float two_k;
   std::memcpy(&two_k, &bits, sizeof two_k);
   decay = p * two_k;
-  const bool small = std::abs(r) < 0.05f;
-  const float series = 1 - r * (0.5f - r * (1.0f / 6 - r * (1.0f / 24 - r * (1.0f / 120))));
-  gain = small ? series : (1 - decay) / (small ? 1.0f : r);
+  const bool small = std::abs(r) < kSmallRate;
+  gain = small ? small_gain(r) : (1 - decay) / (small ? 1.0f : r);
 }
 
 // one sample's coincidence counts on the devices of one input line, in sample b
@@ -373,6 +379,52 @@ void sparse_rows(const float* x, int64_t N, int64_t k, const float* W, int64_t m
         for (int64_t i = 0; i < m; ++i) out[i] += v * w[i];
       }
     }
+  }
+}
+
+// one line of the moment update: its devices (weights and the six parameter planes), its counts'
+// mean (nu, nd) and variance (vu, vd), up and down, and its noise
+struct MomentLine {
+  float* w;
+  const float *s_up, *s_down, *b_max, *b_min, *c_up, *c_down;
+  const float *nu, *nd, *vu, *vd;
+  float c2c_var;
+  uint32_t key, seed;
+};
+
+// the devices of a line after their counts: the soft-bounds closed form at the mean counts (with
+// the line-shared noise), then zero-mean noise of the rest of the variance and of the pulses'
+// cycle-to-cycle noise, then the clip. kSmall: every rate is below kSmallRate, so the gain is its
+// series and e^{-r} = 1 − r·gain (to within r^6/720), without the exponential.
+template <bool kSmall>
+void settle(const MomentLine& l, int64_t O) {
+  float* __restrict wr = l.w;
+  const float *__restrict su = l.s_up, *__restrict sdn = l.s_down;
+  const float *__restrict hi = l.b_max, *__restrict lo = l.b_min;
+  const float *__restrict cu = l.c_up, *__restrict cd = l.c_down;
+  const float *__restrict nu = l.nu, *__restrict nd = l.nd, *__restrict vu = l.vu,
+              *__restrict vd = l.vd;
+  for (int64_t i = 0; i < O; ++i) {
+    const float r = nu[i] * cu[i] + nd[i] * cd[i];
+    float decay, gain;
+    if (kSmall) {
+      gain = small_gain(r);
+      decay = 1 - r * gain;
+    } else {
+      decay_gain(r, decay, gain);
+    }
+    float v = wr[i] * decay + gain * (nu[i] * su[i] - nd[i] * sdn[i]);
+    // the rest of the variance, through the slope of one pulse at the new weight
+    const float a_up = su[i] - cu[i] * v, a_down = sdn[i] + cd[i] * v;
+    const float var = a_up * a_up * vu[i] + a_down * a_down * vd[i] +
+                      l.c2c_var * (su[i] * su[i] * std::max(nu[i], 0.0f) +
+                                   sdn[i] * sdn[i] * std::max(nd[i], 0.0f));
+    // zero-mean, unit-variance noise: uniform from 24 hashed bits (only its mean and variance
+    // matter here)
+    const uint32_t h = mix32(mix32(l.key + static_cast<uint32_t>(i)) ^ l.seed);
+    const float u = (static_cast<float>(h >> 8) + 0.5f) * (1.0f / 16777216.0f) - 0.5f;
+    v += std::sqrt(std::max(var, 0.0f)) * (u * 3.4641016151f);
+    wr[i] = std::min(std::max(v, lo[i]), hi[i]);
   }
 }
 
@@ -677,27 +729,18 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
                    v_up.data());
       }
       const int64_t row = base_off + line_of[k] * O;
-      float* __restrict wr = W + row;
-      const float *__restrict su = S_up + row, *__restrict sdn = S_down + row;
-      const float *__restrict hi = B_max + row, *__restrict lo = B_min + row;
-      const float *__restrict cu = C_up + row, *__restrict cd = C_down + row;
-      const uint32_t key = seed_lo + static_cast<uint32_t>(row);
-      for (int64_t i = 0; i < O; ++i) {
-        float decay, gain;
-        decay_gain(nu[i] * cu[i] + nd[i] * cd[i], decay, gain);
-        float v = wr[i] * decay + gain * (nu[i] * su[i] - nd[i] * sdn[i]);
-        // the rest of the variance, through the slope of one pulse at the new weight
-        const float a_up = su[i] - cu[i] * v, a_down = sdn[i] + cd[i] * v;
-        const float var = a_up * a_up * vu[i] + a_down * a_down * vd[i] +
-                          c2c_var * (su[i] * su[i] * std::max(nu[i], 0.0f) +
-                                     sdn[i] * sdn[i] * std::max(nd[i], 0.0f));
-        // zero-mean, unit-variance noise: uniform from 24 hashed bits (only its mean and
-        // variance matter here)
-        const uint32_t h = mix32(mix32(key + static_cast<uint32_t>(i)) ^ seed_hi);
-        const float u = (static_cast<float>(h >> 8) + 0.5f) * (1.0f / 16777216.0f) - 0.5f;
-        v += std::sqrt(std::max(var, 0.0f)) * (u * 3.4641016151f);
-        wr[i] = std::min(std::max(v, lo[i]), hi[i]);
-      }
+      const MomentLine line{W + row, S_up + row, S_down + row, B_max + row, B_min + row,
+                            C_up + row, C_down + row, nu, nd, vu, vd, c2c_var,
+                            seed_lo + static_cast<uint32_t>(row), seed_hi};
+      // a whole line of small rates (the usual case: a few pulses of a small step each) needs
+      // no exponential
+      int big = 0;
+      for (int64_t i = 0; i < O; ++i)
+        big |= std::abs(nu[i] * line.c_up[i] + nd[i] * line.c_down[i]) >= kSmallRate;
+      if (big)
+        settle<false>(line, O);
+      else
+        settle<true>(line, O);
     }
   }
 }
