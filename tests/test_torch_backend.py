@@ -631,14 +631,42 @@ def test_cpp_io_pass_equals_the_tensor_operations_without_noise():
     assert float(analog_mvm(w, dense, io)[:, 0, 0].min()) > 12  # bound management acted
 
 
+def test_cpp_gaussian_noise_is_standard_normal():
+    """The C++ kernels' Gaussian numbers (Box–Muller on hashed counters), read as the output noise
+    of a pass through zero weights: 10⁶ of them have a standard normal's mean, variance, kurtosis
+    and tails (each bound ≈ 5 standard errors), and neighbours, the two halves of a row (the
+    pairs of one transform) and consecutive rows are uncorrelated."""
+    from utils.analog_torch.tile import analog_mvm
+
+    io = dataclasses.replace(presets.rpu_config("Analog SGD", 0.7).forward, out_noise=1.0,
+                             out_res=-1.0, out_bound=1e9, inp_res=-1.0, w_noise=0.0,
+                             noise_management="none", bound_management="none")
+    torch.manual_seed(0)
+    with cpp_kernels(True):
+        y = analog_mvm(torch.zeros(1, 1000, 4), torch.ones(1, 1000, 4), io)[0].double()
+    z = y.flatten()
+    assert abs(float(z.mean())) < 0.005 and abs(float(z.std()) - 1) < 0.004
+    assert abs(float((z ** 4).mean()) / float(z.var()) ** 2 - 3) < 0.025
+    for k, p in ((1, 0.317311), (2, 0.045500), (3, 0.002700)):
+        assert abs(float((z.abs() > k).double().mean()) - p) < 5 * (p / z.numel()) ** 0.5
+    assert float(z.abs().max()) < 5.8
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+    assert abs(corr(z[:-1], z[1:])) < 0.005
+    assert abs(corr(y[:, :500], y[:, 500:])) < 0.007
+    assert abs(corr(y[:-1], y[1:])) < 0.005
+
+
 def test_cpp_kernels_repeat_under_a_seed_and_fall_back_when_they_cannot_be_built(monkeypatch,
                                                                                 capsys):
-    """The C++ kernels draw from torch's generator's seed: a seed repeats a step exactly, another
-    one does not. Without a buildable source the tiles say so once and use tensor operations."""
+    """The C++ kernels draw from torch's generator's seed: in either update mode a seed repeats a
+    step exactly, another one does not. Without a buildable source the tiles say so once and use
+    tensor operations."""
     config = presets.rpu_config("TT-v1", 0.7)
 
-    def step(seed: int) -> torch.Tensor:
-        model = tnn.build_fcn([config], [0], "pulse")  # the same initial weights each time
+    def step(seed: int, mode: str = "pulse") -> torch.Tensor:
+        model = tnn.build_fcn([config], [0], mode)  # the same initial weights each time
         torch.manual_seed(seed)
         opt = tnn.AnalogSGD(model.parameters(), lr=0.1)
         for _ in range(3):
@@ -648,10 +676,11 @@ def test_cpp_kernels_repeat_under_a_seed_and_fall_back_when_they_cannot_be_built
             opt.step()
         return torch.cat([t.weight.flatten() for t in tnn.analog_tiles(model)]
                          + [t.fast.weight.flatten() for t in tnn.analog_tiles(model)])
-    with cpp_kernels(True):
-        first, again, other = step(0), step(0), step(1)
-    assert torch.equal(first, again)
-    assert not torch.equal(first, other)
+    for mode in ("pulse", "moment"):
+        with cpp_kernels(True):
+            first, again, other = step(0, mode), step(0, mode), step(1, mode)
+        assert torch.equal(first, again), mode
+        assert not torch.equal(first, other), mode
     monkeypatch.setattr(native, "_STATE", {"on": True, "module": None, "tried": False})
     monkeypatch.setattr(native, "SOURCE", REPO / "no-such-kernels.cpp")
     assert native.kernels() is None and native.kernels() is None

@@ -15,7 +15,8 @@
 //                 of the variance as noise, in one vectorized loop per line.
 //
 // Random numbers come from a xoshiro256** stream seeded from torch's default CPU generator, so
-// torch.manual_seed makes a run repeatable and a saved torch RNG state resumes it.
+// torch.manual_seed makes a run repeatable and a saved torch RNG state resumes it; Gaussian ones
+// from the Box–Muller transform of hashed counters that the stream picks (fill_gauss).
 
 #include <torch/extension.h>
 
@@ -52,8 +53,6 @@ class Rng {
     s_[3] = rotl(s_[3], 45);
     return result;
   }
-  // uniform on [0, 1) with 24 bits, as torch.rand's float32
-  float uniform() { return static_cast<float>(next() >> 40) * (1.0f / 16777216.0f); }
   // 32 uniformly random bits (the two halves of one 64-bit draw in turn)
   uint32_t next32() {
     if (have_half_) {
@@ -65,77 +64,12 @@ class Rng {
     have_half_ = true;
     return static_cast<uint32_t>(v >> 32);
   }
-  // uniform on (0, 1]
-  float uniform_open() { return static_cast<float>((next() >> 40) + 1) * (1.0f / 16777216.0f); }
   // an index in [0, n)
   int64_t below(int64_t n) {
     return static_cast<int64_t>((static_cast<unsigned __int128>(next()) * n) >> 64);
   }
-  // standard normal: Marsaglia and Tsang's ziggurat (128 layers); the layer comes from the low
-  // bits of a 64-bit draw and the signed abscissa from its high 32, so they are independent
-  inline __attribute__((always_inline)) float gauss() {
-    const Tables& z = zig();
-    const uint64_t u = next();
-    const int iz = static_cast<int>(u & 127);
-    const int64_t hz = static_cast<int32_t>(u >> 32);
-    if ((hz < 0 ? -hz : hz) < z.k[iz]) return static_cast<float>(hz) * z.w[iz];  // ~99 %
-    // the rest on a copy of the state, so that this generator's address never leaves the
-    // caller and the compiler can keep its state in registers
-    Rng copy = *this;
-    const float v = copy.gauss_edge(iz, hz);
-    *this = copy;
-    return v;
-  }
 
  private:
-  // the rest of the ziggurat: the tail beyond r (layer 0) and the wedges, then a fresh draw
-  __attribute__((noinline)) float gauss_edge(int iz, int64_t hz) {
-    const Tables& z = zig();
-    for (;;) {
-      const float x = static_cast<float>(hz) * z.w[iz];
-      if (iz == 0) {
-        float tx, ty;
-        do {
-          tx = -std::log(uniform_open()) / kZigR;
-          ty = -std::log(uniform_open());
-        } while (ty + ty < tx * tx);
-        return hz > 0 ? kZigR + tx : -kZigR - tx;
-      }
-      if (z.f[iz] + uniform() * (z.f[iz - 1] - z.f[iz]) < std::exp(-0.5f * x * x)) return x;
-      const uint64_t u = next();
-      iz = static_cast<int>(u & 127);
-      hz = static_cast<int32_t>(u >> 32);
-      if ((hz < 0 ? -hz : hz) < z.k[iz]) return static_cast<float>(hz) * z.w[iz];
-    }
-  }
-
-  static constexpr float kZigR = 3.442619855899f;
-  struct Tables {
-    int64_t k[128];
-    float w[128], f[128];
-    Tables() {  // Marsaglia & Tsang (2000), for 32-bit signed abscissae
-      const double m = 2147483648.0, v = 9.91256303526217e-3;
-      double dn = 3.442619855899, tn = dn;
-      const double q = v / std::exp(-0.5 * dn * dn);
-      k[0] = static_cast<int64_t>((dn / q) * m);
-      k[1] = 0;
-      w[0] = static_cast<float>(q / m);
-      w[127] = static_cast<float>(dn / m);
-      f[0] = 1.0f;
-      f[127] = static_cast<float>(std::exp(-0.5 * dn * dn));
-      for (int i = 126; i >= 1; --i) {
-        dn = std::sqrt(-2.0 * std::log(v / dn + std::exp(-0.5 * dn * dn)));
-        k[i + 1] = static_cast<int64_t>((dn / tn) * m);
-        tn = dn;
-        f[i] = static_cast<float>(std::exp(-0.5 * dn * dn));
-        w[i] = static_cast<float>(dn / m);
-      }
-    }
-  };
-  static const Tables& zig() {
-    static const Tables tables;
-    return tables;
-  }
   static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
   uint64_t s_[4];
   uint32_t half_ = 0;
@@ -181,12 +115,84 @@ struct PassParams {
   bool test_negative;
 };
 
+// a 32-bit integer hash (Wellons' lowbias32): the moment mode's per-device noise from (seed,
+// device index), so its loop has no generator state and vectorizes
+inline uint32_t mix32(uint32_t v) {
+  v ^= v >> 16;
+  v *= 0x7feb352dU;
+  v ^= v >> 15;
+  v *= 0x846ca68bU;
+  v ^= v >> 16;
+  return v;
+}
+
+// ln u for u in (0, 1], branch-free: u = 2^e·m with m in [√½, √2), and ln m = 2·atanh(s) with
+// s = (m − 1)/(m + 1), |s| ≤ 0.172, by its series to s⁹ (relative error < 1e-9)
+inline float log_unit(float u) {
+  int32_t bits;
+  std::memcpy(&bits, &u, sizeof bits);
+  int32_t e = ((bits >> 23) & 0xff) - 127;
+  const int32_t m_bits = (bits & 0x7fffff) | 0x3f800000;  // m in [1, 2)
+  float m;
+  std::memcpy(&m, &m_bits, sizeof m);
+  const bool high = m > 1.41421356f;
+  m = high ? m * 0.5f : m;
+  e = high ? e + 1 : e;
+  const float s = (m - 1) / (m + 1), s2 = s * s;
+  const float atanh = s * (1 + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
+  return 2 * atanh + static_cast<float>(e) * 0.6931471806f;
+}
+
+// cos and sin of the angle 2π·t, t in [0, 1), branch-free: its quadrant's midpoint (q + ½)·π/2
+// turned by f in [−π/4, π/4), whose sine and cosine come from their series (to f¹¹ and f¹⁰:
+// error < 3e-8)
+inline void cos_sin_turn(float t, float& c, float& s) {
+  const float t4 = t * 4;
+  const int32_t q = static_cast<int32_t>(t4);  // the quadrant, 0…3
+  const float f = (t4 - static_cast<float>(q) - 0.5f) * 1.5707963268f, f2 = f * f;
+  const float sf = f * (1 - f2 * (1.0f / 6 - f2 * (1.0f / 120 - f2 * (1.0f / 5040 -
+                                                                     f2 * (1.0f / 362880)))));
+  const float cf = 1 - f2 * (0.5f - f2 * (1.0f / 24 - f2 * (1.0f / 720 - f2 * (1.0f / 40320))));
+  constexpr float h = 0.70710678f;  // cos and sin of the midpoints are ±√½
+  const float ca = (q == 0 || q == 3) ? h : -h, sa = q < 2 ? h : -h;
+  c = ca * cf - sa * sf;
+  s = sa * cf + ca * sf;
+}
+
+// n standard normal numbers into buf by the Box–Muller transform of uniform pairs from hashed
+// counters, two per pair (the first half of buf and the second): no generator state in the loop,
+// so it vectorizes. The uniforms have 24 bits: u1 in (0, 1], so |z| ≤ 5.77 (a normal exceeds it
+// with probability 8e-9). One 64-bit draw of rng picks the counters.
+void fill_gauss(float* buf, int64_t n, Rng& rng) {
+  const uint64_t draw = rng.next();
+  const uint32_t base = static_cast<uint32_t>(draw), key = static_cast<uint32_t>(draw >> 32);
+  const int64_t half = n / 2;
+  float* __restrict lo = buf;
+  float* __restrict hi = buf + half;
+  auto pair = [base, key](int64_t i, float& z1, float& z2) {
+    const uint32_t c = base + 2 * static_cast<uint32_t>(i);
+    const uint32_t h1 = mix32(c ^ key), h2 = mix32((c + 1) ^ key);
+    const float u1 = static_cast<float>((h1 >> 8) + 1) * (1.0f / 16777216.0f);
+    const float u2 = static_cast<float>(h2 >> 8) * (1.0f / 16777216.0f);
+    const float r = std::sqrt(-2 * log_unit(u1));
+    float c2, s2;
+    cos_sin_turn(u2, c2, s2);
+    z1 = r * c2;
+    z2 = r * s2;
+  };
+  for (int64_t i = 0; i < half; ++i) pair(i, lo[i], hi[i]);
+  if (n % 2) {
+    float spare;
+    pair(half, buf[n - 1], spare);
+  }
+}
+
 // Gaussian noise into buf[0, n): fresh, or picked at random from run r's fixed list (as
 // AIHWKit's CPU simulator draws it)
 void fill_noise(float* buf, int64_t n, Rng& rng, const float* list, int64_t size, int64_t r) {
   Rng local = rng;  // a copy the compiler may keep in registers (buf cannot alias it)
   if (list == nullptr) {
-    for (int64_t i = 0; i < n; ++i) buf[i] = local.gauss();
+    fill_gauss(buf, n, local);
   } else {
     const float* own = list + r * size;
     for (int64_t i = 0; i < n; ++i) buf[i] = own[local.below(size)];
@@ -278,17 +284,6 @@ std::vector<int64_t> line_map(const torch::Tensor& lines, int64_t K, int64_t L, 
     for (int64_t k = 0; k < K; ++k) line_of[k] = lc.data_ptr<int64_t>()[k];
   }
   return line_of;
-}
-
-// a 32-bit integer hash (Wellons' lowbias32): the moment mode's per-device noise from (seed,
-// device index), so its loop has no generator state and vectorizes
-inline uint32_t mix32(uint32_t v) {
-  v ^= v >> 16;
-  v *= 0x7feb352dU;
-  v ^= v >> 15;
-  v *= 0x846ca68bU;
-  v ^= v >> 16;
-  return v;
 }
 
 // below this |r| the gain (1 − e^{-r})/r is taken from its series (1 − e^{-r} would cancel)
@@ -671,7 +666,7 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
   // probability, B the train's deviation from its mean count (Gaussian, shared by the line),
   // the counts' mean factor bl·q + B, q, and the variance factor bl·q(1 − q); for d_i > 0 and
   // d_i < 0 apart (P, N), six rows of O per sample
-  std::vector<float> q_rows(N * 6 * O), px(N * K), ax(N * K);
+  std::vector<float> q_rows(N * 6 * O), px(N * K), ax(N * K), normal(K + O);
   std::vector<float> n_up(O), n_down(O), v_up(O), v_down(O);
   std::vector<int64_t> used;  // the samples that drive a line
   used.reserve(N);
@@ -693,15 +688,16 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
       }
       const float bl = static_cast<float>(train.bl);
       const float sx = static_cast<float>(train.scale_x), sd = static_cast<float>(train.scale_d);
+      fill_gauss(normal.data(), K + O, rng);  // the trains' deviations, standardized
       for (int64_t j = 0; j < K; ++j) {  // A_j: the input train's deviation, shared by its line
         const float p = std::min(std::abs(xr[j]) * sx, 1.0f);
         pr[j] = p;
-        ar[j] = p > 0 ? rng.gauss() * std::sqrt(bl * p * (1 - p)) : 0.0f;
+        ar[j] = normal[j] * std::sqrt(bl * p * (1 - p));  // 0 where p is 0 or 1
       }
       float* qr = q_rows.data() + n * 6 * O;
       for (int64_t i = 0; i < O; ++i) {
         const float q = std::min(std::abs(dr[i]) * sd, 1.0f), q_var = q * (1 - q) * bl;
-        const float qb = q > 0 ? q * bl + rng.gauss() * std::sqrt(q_var) : 0.0f;
+        const float qb = q * bl + normal[K + i] * std::sqrt(q_var);  // 0 where q is 0
         const bool pos = dr[i] > 0;
         qr[i] = pos ? qb : 0.0f;
         qr[O + i] = pos ? q : 0.0f;
