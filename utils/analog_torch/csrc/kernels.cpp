@@ -115,8 +115,8 @@ struct PassParams {
   bool test_negative;
 };
 
-// a 32-bit integer hash (Wellons' lowbias32): the moment mode's per-device noise from (seed,
-// device index), so its loop has no generator state and vectorizes
+// a 32-bit integer hash (Wellons' lowbias32): random bits from (seed, index), for loops without
+// generator state, which vectorize: the Gaussian numbers and the moment mode's per-device noise
 inline uint32_t mix32(uint32_t v) {
   v ^= v >> 16;
   v *= 0x7feb352dU;
@@ -139,8 +139,8 @@ inline float log_unit(float u) {
   m = high ? m * 0.5f : m;
   e = high ? e + 1 : e;
   const float s = (m - 1) / (m + 1), s2 = s * s;
-  const float atanh = s * (1 + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
-  return 2 * atanh + static_cast<float>(e) * 0.6931471806f;
+  const float series = 1 + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9))));
+  return 2 * s * series + static_cast<float>(e) * 0.6931471806f;
 }
 
 // cos and sin of the angle 2π·t, t in [0, 1), branch-free: its quadrant's midpoint (q + ½)·π/2
