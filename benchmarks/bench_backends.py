@@ -15,6 +15,13 @@ mini-batch, so its cost depends on the images; AIHWKit's hardly does), else unif
 which the title then says (no line is ever zero: the torch backend's slowest case). On a CPU the
 torch variants use the C++ kernels (utils/analog_torch/native.py) unless --no-compile; the
 "tensor operations only" variants run the pulse mode without them, to show what they gain.
+
+Two reference rows show what a step costs before any analog work (one run, not with --no-aihwkit
+or --no-compile): "digital torch" trains the same network with nn.Linear / nn.Conv2d layers and
+torch.optim.SGD, and "torch, no analog work" runs the torch backend's whole step (its layers,
+autograd function and optimizer) with every kernel replaced by a stand-in that does no analog
+work: a plain matrix product for the IO pass, nothing for the update. No torch-backend variant
+of one run can be faster than that row.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+from utils.analog_torch import native  # noqa: E402
 from utils.analog_torch import nn as tnn  # noqa: E402
 from utils.analog_torch.native import kernels, set_native  # noqa: E402
 from utils.analog_torch.presets import SETTINGS, resolve  # noqa: E402
@@ -91,6 +99,48 @@ def torch_variant(model: str, setting: str, mode: str, runs: int, device: torch.
     return step
 
 
+def digital_variant(model: str):
+    """The same network with digital layers and plain SGD: the step's cost without analog tiles."""
+    torch.manual_seed(0)
+    net = {"fcn": tnn._digital_fcn, "cnn": tnn._digital_cnn}[model]()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+
+    def step(x, y):
+        opt.zero_grad()
+        F.nll_loss(net(x), y).backward()
+        opt.step()
+    return step
+
+
+class NoAnalogWork:
+    """Stands in for the C++ kernels (the "torch, no analog work" row): the IO pass is a plain
+    matrix product (no DAC, noise, ADC or bound management), no output is saturated, and the
+    updates do nothing. Everything around the kernels runs as usual."""
+
+    @staticmethod
+    def io_pass(wt, x, *settings):
+        return torch.matmul(x, wt)
+
+    @staticmethod
+    def saturated(y, threshold):
+        return None
+
+    @staticmethod
+    def moment_update(*args):
+        return None
+
+    @staticmethod
+    def pulse_update(*args):
+        return None
+
+
+def use_kernels(which: str | None) -> None:
+    """Which kernels the torch variants run: "cpp" the C++ ones, "none" :class:`NoAnalogWork`,
+    None the tensor operations."""
+    set_native(which is not None)
+    native.kernels = (lambda: NoAnalogWork) if which == "none" else kernels
+
+
 def timed(step, data, warmup: int, device: torch.device) -> float:
     for x, y in data[:warmup]:
         step(x, y)
@@ -134,7 +184,7 @@ def main() -> None:
         variants["AIHWKit (CPU)"] = (aihwkit_variant(args.model, args.setting), one, 1, False)
     one_dev = [(x.to(device), y.to(device)) for x, y in one]
     many = batches(x, y, args.model, args.runs, steps, device)
-    cpp = not args.no_compile and device.type == "cpu" and kernels() is not None
+    cpp = "cpp" if not args.no_compile and device.type == "cpu" and kernels() is not None else None
     for runs, data in ((1, one_dev), (args.runs, many)):
         label = "1 run" if runs == 1 else f"{runs} runs batched"
         for mode in ("moment", "pulse"):
@@ -142,13 +192,19 @@ def main() -> None:
                 torch_variant(args.model, args.setting, mode, runs, device), data, runs, cpp)
         if cpp:  # the same without the C++ kernels: what they gain
             variants[f"torch pulse, {label}, tensor operations only"] = (
-                torch_variant(args.model, args.setting, "pulse", runs, device), data, runs, False)
+                torch_variant(args.model, args.setting, "pulse", runs, device), data, runs, None)
+    if cpp and not args.no_aihwkit:  # what one run's step costs before any analog work
+        variants["digital torch (no analog tiles), 1 run"] = (
+            digital_variant(args.model), one_dev, 1, None)
+        variants["torch, no analog work (kernels as stand-ins), 1 run"] = (
+            torch_variant(args.model, args.setting, "moment", 1, device), one_dev, 1, "none")
     best = {name: float("inf") for name in variants}
     for r in range(args.repeats):
-        for name, (step, data, _, native) in variants.items():
-            set_native(native)
+        for name, (step, data, _, which) in variants.items():
+            use_kernels(which)
             best[name] = min(best[name], timed(step, data, args.warmup if r == 0 else 5, device))
             print(f"repeat {r + 1}: {name}: {1e3 * best[name]:.3f} ms/step", flush=True)
+    use_kernels(cpp)
     reference = next(iter(variants))
     per_run = {name: best[name] / variants[name][2] for name in variants}
     steps_per_epoch = TRAIN_IMAGES // BATCH[args.model]

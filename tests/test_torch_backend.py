@@ -917,3 +917,37 @@ def test_s2_with_the_torch_backend_tracks_like_aihwkit(tmp_path):
     authors, matched = float(row.split("|")[5]), float(row.split("|")[7])
     assert 0.2 < authors < 3 and matched > 3, row
     assert (tmp_path / "figures" / "fig3_dynamic_vs_aihwkit_torch.png").is_file()
+
+
+def test_benchmarks_no_analog_work_row_runs_the_step_without_analog_work(monkeypatch):
+    """The reference row "torch, no analog work" of benchmarks/bench_backends.py: with its stand-in
+    kernels the torch backend's step runs, its layers compute the plain product of the weights
+    (scaled, plus the bias) and no tile moves; with the C++ kernels back, the same step moves
+    them."""
+    import benchmarks.bench_backends as bench
+
+    monkeypatch.setattr(native, "kernels", native.kernels)  # restored after the test
+    model = tnn.build_fcn([presets.rpu_config("Analog SGD", 0.7)], [0], "moment")
+    opt = tnn.AnalogSGD(model.parameters(), lr=0.5)
+    x, y = torch.rand(10, 1, 28, 28), torch.randint(0, 10, (10,))
+
+    def step() -> list[bool]:  # for each tile: whether its weights stayed as they were
+        tiles = tnn.analog_tiles(model)
+        before = [t.weight.clone() for t in tiles]
+        opt.zero_grad()
+        tnn.batched_loss(model(x), y, 1).backward()
+        opt.step()
+        return [torch.equal(b, t.weight) for b, t in zip(before, tiles, strict=True)]
+    with cpp_kernels(True):
+        try:
+            bench.use_kernels("none")
+            assert all(step())
+            last, h = model[5], torch.rand(10, 128)
+            scale = 1.0 if last.out_scaling is None else last.out_scaling[0]
+            plain = h @ last.get_weights()[0].T * scale + last.bias[0]
+            with torch.no_grad():
+                assert torch.allclose(last(h), plain, atol=1e-5)
+            bench.use_kernels("cpp")
+            assert not any(step())
+        finally:
+            bench.use_kernels(None)
