@@ -317,19 +317,67 @@ inline void decay_gain(float r, float& decay, float& gain) {
   gain = small ? small_gain(r) : (1 - decay) / (small ? 1.0f : r);
 }
 
-// one sample's coincidence counts on the devices of one input line, in sample b
-// c = p·(bl·q + B) + A·q plus an independent part of variance p(1 − p)·bl·q(1 − q): p and A of the
-// input line, the rest per output line from the sample's rows (see moment_update), for the down
-// pulses (`down`) and the up pulses (`up`). Separate pointers, so that the loop vectorizes.
-inline void add_counts(float p, float a, const float* __restrict down, const float* __restrict up,
-                       int64_t O, float* __restrict n_down, float* __restrict v_down,
-                       float* __restrict n_up, float* __restrict v_up) {
-  const float p_var = p * (1 - p);
-  for (int64_t i = 0; i < O; ++i) {
-    n_down[i] += p * down[i] + a * down[O + i];
-    v_down[i] += p_var * down[2 * O + i];
-    n_up[i] += p * up[i] + a * up[O + i];
-    v_up[i] += p_var * up[2 * O + i];
+// a sample that drives an input line: its pulse probability p and train deviation A on that line,
+// p(1 − p), and the rows (see moment_update) of its down and up counts' factors
+struct Drive {
+  float p, a, p_var;
+  const float *down, *up;
+};
+
+// the coincidence counts of the devices i0 … i0 + m − 1 of one input line, summed over the samples
+// that drive it: in sample b, c = p·(bl·q + B) + A·q plus an independent part of variance
+// p(1 − p)·bl·q(1 − q), for the down pulses (n_down, v_down) and the up pulses (n_up, v_up), each
+// summed in the samples' order. Sixteen devices at a time (m == 16) keep their sums in vector
+// registers over all the samples (GCC and Clang); otherwise the sums are updated in memory.
+constexpr int64_t kBlock = 16;
+#if defined(__GNUC__)
+typedef float Vec8 __attribute__((vector_size(32)));  // eight floats, loaded and stored unaligned
+inline Vec8 load8(const float* p) {
+  Vec8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, Vec8 v) { std::memcpy(p, &v, sizeof v); }
+#endif
+inline void line_counts(const Drive* drives, int64_t used, int64_t O, int64_t i0, int64_t m,
+                        float* __restrict n_down, float* __restrict v_down,
+                        float* __restrict n_up, float* __restrict v_up) {
+#if defined(__GNUC__)
+  if (m == kBlock) {
+    Vec8 nd0{}, nd1{}, vd0{}, vd1{}, nu0{}, nu1{}, vu0{}, vu1{};
+    for (int64_t u = 0; u < used; ++u) {
+      const Drive& s = drives[u];
+      const float *down = s.down + i0, *up = s.up + i0;
+      nd0 += s.p * load8(down);  // each a fused multiply-add
+      nd0 += s.a * load8(down + O);
+      nd1 += s.p * load8(down + 8);
+      nd1 += s.a * load8(down + O + 8);
+      vd0 += s.p_var * load8(down + 2 * O);
+      vd1 += s.p_var * load8(down + 2 * O + 8);
+      nu0 += s.p * load8(up);
+      nu0 += s.a * load8(up + O);
+      nu1 += s.p * load8(up + 8);
+      nu1 += s.a * load8(up + O + 8);
+      vu0 += s.p_var * load8(up + 2 * O);
+      vu1 += s.p_var * load8(up + 2 * O + 8);
+    }
+    store8(n_down + i0, nd0), store8(n_down + i0 + 8, nd1);
+    store8(v_down + i0, vd0), store8(v_down + i0 + 8, vd1);
+    store8(n_up + i0, nu0), store8(n_up + i0 + 8, nu1);
+    store8(v_up + i0, vu0), store8(v_up + i0 + 8, vu1);
+    return;
+  }
+#endif
+  for (int64_t i = i0; i < i0 + m; ++i) n_down[i] = v_down[i] = n_up[i] = v_up[i] = 0;
+  for (int64_t u = 0; u < used; ++u) {
+    const Drive& s = drives[u];
+    const float *__restrict down = s.down, *__restrict up = s.up;
+    for (int64_t i = i0; i < i0 + m; ++i) {
+      n_down[i] += s.p * down[i] + s.a * down[O + i];
+      v_down[i] += s.p_var * down[2 * O + i];
+      n_up[i] += s.p * up[i] + s.a * up[O + i];
+      v_up[i] += s.p_var * up[2 * O + i];
+    }
   }
 }
 
@@ -665,11 +713,12 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
   // per sample and output line, for the down (x_j·d_i > 0) and up counts: with q the pulse
   // probability, B the train's deviation from its mean count (Gaussian, shared by the line),
   // the counts' mean factor bl·q + B, q, and the variance factor bl·q(1 − q); for d_i > 0 and
-  // d_i < 0 apart (P, N), six rows of O per sample
-  std::vector<float> q_rows(N * 6 * O), px(N * K), ax(N * K), normal(K + O);
+  // d_i < 0 apart (P, N), six rows of O per sample. Per input line and sample (line-major, so that
+  // a line reads its samples in a row): the pulse probability p, signed as x, and A.
+  std::vector<float> q_rows(N * 6 * O), p_line(K * N), a_line(K * N), normal(K + O);
   std::vector<float> n_up(O), n_down(O), v_up(O), v_down(O);
-  std::vector<int64_t> used;  // the samples that drive a line
-  used.reserve(N);
+  std::vector<Drive> drives;
+  drives.reserve(N);
   for (int64_t r = 0; r < R; ++r) {
     const double lr_dw = lr / static_cast<double>(dwm.data_ptr<float>()[r]);
     const float sigma = dws.data_ptr<float>()[r], c2c_var = sigma * sigma;
@@ -678,12 +727,11 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
     for (int64_t n = 0; n < N; ++n) {
       const float* xr = xp + (r * N + n) * K;
       const float* dr = dp + (r * N + n) * O;
-      float* pr = px.data() + n * K;
-      float* ar = ax.data() + n * K;
+      float *pn = p_line.data() + n, *an = a_line.data() + n;  // sample n of line j: [j·N]
       Train train;
       if (!sample_train(xr, K, dr, O, lr_dw, desired_bl, bl_management, update_management,
                         um_grad_scale, train)) {
-        std::fill(pr, pr + K, 0.0f);
+        for (int64_t j = 0; j < K; ++j) pn[j * N] = 0.0f;
         continue;
       }
       const float bl = static_cast<float>(train.bl);
@@ -691,8 +739,8 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
       fill_gauss(normal.data(), K + O, rng);  // the trains' deviations, standardized
       for (int64_t j = 0; j < K; ++j) {  // A_j: the input train's deviation, shared by its line
         const float p = std::min(std::abs(xr[j]) * sx, 1.0f);
-        pr[j] = p;
-        ar[j] = normal[j] * std::sqrt(bl * p * (1 - p));  // 0 where p is 0 or 1
+        pn[j * N] = xr[j] > 0 ? p : -p;
+        an[j * N] = normal[j] * std::sqrt(bl * p * (1 - p));  // 0 where p is 0 or 1
       }
       float* qr = q_rows.data() + n * 6 * O;
       for (int64_t i = 0; i < O; ++i) {
@@ -708,22 +756,22 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
       }
     }
     for (int64_t k = 0; k < K; ++k) {
-      used.clear();
-      for (int64_t n = 0; n < N; ++n)
-        if (px[n * K + k] > 0) used.push_back(n);
-      if (used.empty()) continue;  // no pulse on this line
-      std::fill(n_up.begin(), n_up.end(), 0.0f);
-      std::fill(n_down.begin(), n_down.end(), 0.0f);
-      std::fill(v_up.begin(), v_up.end(), 0.0f);
-      std::fill(v_down.begin(), v_down.end(), 0.0f);
-      const float *nu = n_up.data(), *nd = n_down.data(), *vu = v_up.data(), *vd = v_down.data();
-      for (int64_t n : used) {
+      const float *pk = p_line.data() + k * N, *ak = a_line.data() + k * N;
+      drives.clear();  // the samples that drive this line
+      for (int64_t n = 0; n < N; ++n) {
+        if (pk[n] == 0) continue;
+        const float p = std::abs(pk[n]);
         const float* qr = q_rows.data() + n * 6 * O;
-        const bool x_pos = xp[(r * N + n) * K + k] > 0;  // down where d has x's sign
-        add_counts(px[n * K + k], ax[n * K + k], qr + (x_pos ? 0 : 3 * O),
-                   qr + (x_pos ? 3 * O : 0), O, n_down.data(), v_down.data(), n_up.data(),
-                   v_up.data());
+        const bool x_pos = pk[n] > 0;  // down where d has x's sign
+        drives.push_back(Drive{p, ak[n], p * (1 - p), qr + (x_pos ? 0 : 3 * O),
+                               qr + (x_pos ? 3 * O : 0)});
       }
+      if (drives.empty()) continue;  // no pulse on this line
+      const int64_t used = static_cast<int64_t>(drives.size());
+      for (int64_t i0 = 0; i0 < O; i0 += kBlock)
+        line_counts(drives.data(), used, O, i0, std::min(kBlock, O - i0), n_down.data(),
+                    v_down.data(), n_up.data(), v_up.data());
+      const float *nu = n_up.data(), *nd = n_down.data(), *vu = v_up.data(), *vd = v_down.data();
       const int64_t row = base_off + line_of[k] * O;
       const MomentLine line{W + row, S_up + row, S_down + row, B_max + row, B_min + row,
                             C_up + row, C_down + row, nu, nd, vu, vd, c2c_var,
