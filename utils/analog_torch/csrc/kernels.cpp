@@ -344,23 +344,26 @@ inline void line_counts(const Drive* drives, int64_t used, int64_t O, int64_t i0
                         float* __restrict n_up, float* __restrict v_up) {
 #if defined(__GNUC__)
   if (m == kBlock) {
-    Vec8 nd0{}, nd1{}, vd0{}, vd1{}, nu0{}, nu1{}, vu0{}, vu1{};
+    // the p-terms and the A-terms in sums of their own: one fused multiply-add per sum and
+    // sample, so that no sum waits on the one before it in the same sample
+    Vec8 nd0{}, nd1{}, ad0{}, ad1{}, vd0{}, vd1{}, nu0{}, nu1{}, au0{}, au1{}, vu0{}, vu1{};
     for (int64_t u = 0; u < used; ++u) {
       const Drive& s = drives[u];
       const float *down = s.down + i0, *up = s.up + i0;
-      nd0 += s.p * load8(down);  // each a fused multiply-add
-      nd0 += s.a * load8(down + O);
+      nd0 += s.p * load8(down);
       nd1 += s.p * load8(down + 8);
-      nd1 += s.a * load8(down + O + 8);
+      ad0 += s.a * load8(down + O);
+      ad1 += s.a * load8(down + O + 8);
       vd0 += s.p_var * load8(down + 2 * O);
       vd1 += s.p_var * load8(down + 2 * O + 8);
       nu0 += s.p * load8(up);
-      nu0 += s.a * load8(up + O);
       nu1 += s.p * load8(up + 8);
-      nu1 += s.a * load8(up + O + 8);
+      au0 += s.a * load8(up + O);
+      au1 += s.a * load8(up + O + 8);
       vu0 += s.p_var * load8(up + 2 * O);
       vu1 += s.p_var * load8(up + 2 * O + 8);
     }
+    nd0 += ad0, nd1 += ad1, nu0 += au0, nu1 += au1;
     store8(n_down + i0, nd0), store8(n_down + i0 + 8, nd1);
     store8(v_down + i0, vd0), store8(v_down + i0 + 8, vd1);
     store8(n_up + i0, nu0), store8(n_up + i0 + 8, nu1);
