@@ -569,38 +569,54 @@ def test_closed_form_of_n_pulses_equals_pulse_by_pulse_and_is_smooth_at_zero():
         assert abs(float(ours[0]) - exact) < 1e-6, (r, float(ours[0]), exact)
 
 
-@pytest.mark.parametrize("counts", ["large", "small"])
-def test_cpp_moment_update_equals_the_tensor_operations(counts):
+@pytest.mark.parametrize("case", ["large", "small", "signs", "signs-many"])
+def test_cpp_moment_update_equals_the_tensor_operations(case):
     """Mean and variance of ΔW over many repeats: the C++ moment update against the tensor
-    operations' (the same formulas, other random numbers). "large": 64 samples of large inputs and
-    errors, ~400 coincidences per device and step, so the closed form's decay e^{-r} (r up to
-    ~0.9) comes from the C++ exponential. "small": 4 samples of small ones, a few coincidences
-    per device, so the rates stay below 0.05 (r ≈ |ΔW|/|bound|, checked on 99.9 % of the
-    repeats) and the C++ update takes its path without the exponential (the gain's series,
-    e^{-r} = 1 − r·gain)."""
+    operations' (the same formulas, other random numbers).
+
+    - "large": 64 samples of large inputs and errors, ~400 coincidences per device and step, so
+      the closed form's decay e^{-r} (r up to ~0.9) comes from the C++ exponential; with this many
+      mostly non-zero samples the C++ line sums come from matrix products.
+    - "small": 4 samples of small ones, a few coincidences per device, so the rates stay below
+      0.05 (r ≈ |ΔW|/|bound|, checked on 99.9 % of the repeats) and the C++ update takes its path
+      without the exponential (the gain's series, e^{-r} = 1 − r·gain).
+    - "signs": 6 samples of inputs and errors of both signs, some inputs zero, 20 outputs: the
+      line-by-line sums, 16 outputs in registers and the other 4 in memory.
+    - "signs-many": the same with 40 samples and no zero input: the matrix products, with up and
+      down pulses on every device."""
     config = analog_sgd_config()
     g = torch.Generator().manual_seed(5)
-    samples, scale, trials, mean_tol = {"large": (64, 1.0, 3000, 0.005),
-                                         "small": (4, 0.3, 20000, 0.02)}[counts]
+    samples, outs, scale, trials, mean_tol = {
+        "large": (64, 4, 1.0, 3000, 0.005), "small": (4, 4, 0.3, 20000, 0.02),
+        "signs": (6, 20, 1.0, 4000, 0.01), "signs-many": (40, 20, 0.5, 3000, 0.01)}[case]
     x = (torch.rand(samples, 5, generator=g) * 0.8 + 0.2) * scale
-    d = torch.tensor([1.0, -1, 1, -1]) * (torch.rand(samples, 4, generator=g) * 0.4 + 0.2) * scale
-    w0 = (torch.rand(4, 5, generator=g) * 2 - 1) * 0.3
+    d = (torch.rand(samples, outs, generator=g) * 0.4 + 0.2) * scale
+    if case.startswith("signs"):  # random signs; "signs": a third of the inputs zero
+        x = x * (torch.randint(0, 2, x.shape, generator=g) * 2 - 1)
+        d = d * (torch.randint(0, 2, d.shape, generator=g) * 2 - 1)
+        if case == "signs":
+            x = x * (torch.rand(x.shape, generator=g) > 0.33)
+    else:
+        d = d * torch.tensor([1.0, -1, 1, -1])
+    w0 = (torch.rand(outs, 5, generator=g) * 2 - 1) * 0.3
     out = []
     for cpp in (False, True):
         with cpp_kernels(cpp):
             torch.manual_seed(2)
-            tile = AnalogTile(4, 5, [from_aihwkit(config)] * trials, update_mode="moment")
+            tile = AnalogTile(outs, 5, [from_aihwkit(config)] * trials, update_mode="moment")
             tile.set_weights(w0.expand(trials, -1, -1))
             tile.stash(x.expand(trials, -1, -1), d.expand(trials, -1, -1))
             tile.apply_update(0.05)
             out.append(tile.weight - w0)
     tensor_ops, cpp = out
     moved = float(tensor_ops.mean(0).abs().min())
-    if counts == "large":
+    if case == "large":
         assert moved > 0.1  # every device moved far
-    else:  # every device moved, by a few steps of dw_min (0.001): r ≈ |ΔW|/|bound| < 0.05
+    elif case == "small":  # every device moved, by a few steps of dw_min (0.001): r < 0.05
         bound = float(torch.minimum(tile.array.max_bound, -tile.array.min_bound).min())
         assert moved > 0.0005 and float(tensor_ops.abs().quantile(0.999)) / bound < 0.05
+    else:  # every device moved, on average by more than half a pulse (dw_min 0.001)
+        assert float(tensor_ops.abs().mean(0).min()) > 0.0005
     assert rel(cpp.mean(0), tensor_ops.mean(0)) < mean_tol
     assert rel(cpp.var(0), tensor_ops.var(0)) < TOLERANCE
 

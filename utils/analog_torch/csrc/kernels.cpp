@@ -330,6 +330,9 @@ struct Drive {
 // summed in the samples' order. Sixteen devices at a time (m == 16) keep their sums in vector
 // registers over all the samples (GCC and Clang); otherwise the sums are updated in memory.
 constexpr int64_t kBlock = 16;
+// from this many samples on, a mini-batch whose inputs are mostly non-zero has its line sums
+// taken by matrix products (see moment_update)
+constexpr int64_t kMatmulSamples = 32;
 #if defined(__GNUC__)
 typedef float Vec8 __attribute__((vector_size(32)));  // eight floats, loaded and stored unaligned
 inline Vec8 load8(const float* p) {
@@ -693,9 +696,14 @@ void pulse_update(torch::Tensor w, torch::Tensor params, torch::Tensor dw_min,
 // zero-mean noise of the rest of the counts' variance and of the pulses' cycle-to-cycle noise
 // (tile.py, _moment_update, has the derivation). devices (6, R, L, O) holds s_up, s_down, b_max,
 // b_min, s_up/b_max and s_down/|b_min|. x (R, N, K) drives the lines `lines` (all if empty), d
-// (R, N, O). A line is summed over the samples where its input is non-zero, with its four
-// accumulators (mean and variance of the up and down counts) in cache; lines whose input is zero
-// throughout get no pulse and are not touched.
+// (R, N, O). Lines whose input is zero throughout get no pulse and are not touched. A line's
+// counts are summed over its samples in one of two ways:
+//   - line by line, over the samples where its input is non-zero (an MNIST image's pixels: most
+//     are zero);
+//   - for many samples whose inputs are mostly non-zero (a convolution's patches): all lines at
+//     once by matrix products (torch's), of the counts' total and of their sum signed by
+//     s = sign(x·d), +1 for a down pulse and −1 for an up one; down = (total + signed)/2 and
+//     up = (total − signed)/2.
 void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
                    torch::Tensor dw_std, torch::Tensor x, torch::Tensor d, double lr,
                    int64_t desired_bl, bool bl_management, bool update_management,
@@ -711,35 +719,87 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
   const float *S_down = S_up + plane, *B_max = S_up + 2 * plane, *B_min = S_up + 3 * plane;
   const float *C_up = S_up + 4 * plane, *C_down = S_up + 5 * plane;
   const float *xp = a.x.data_ptr<float>(), *dp = a.d.data_ptr<float>();
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
   Rng rng(torch_seed());
 
-  // per sample and output line, for the down (x_j·d_i > 0) and up counts: with q the pulse
-  // probability, B the train's deviation from its mean count (Gaussian, shared by the line),
-  // the counts' mean factor bl·q + B, q, and the variance factor bl·q(1 − q); for d_i > 0 and
-  // d_i < 0 apart (P, N), six rows of O per sample. Per input line and sample (line-major, so that
-  // a line reads its samples in a row): the pulse probability p, signed as x, and A.
-  std::vector<float> q_rows(N * 6 * O), p_line(K * N), a_line(K * N), normal(K + O);
+  // Line by line: per sample and output line, for the down (x_j·d_i > 0) and up counts: with q
+  // the pulse probability, B the train's deviation from its mean count (Gaussian, shared by the
+  // line), the counts' mean factor bl·q + B, q, and the variance factor bl·q(1 − q); for d_i > 0
+  // and d_i < 0 apart (P, N), six rows of O per sample. Per input line and sample (line-major, so
+  // that a line reads its samples in a row): the pulse probability p, signed as x, and A.
+  std::vector<float> q_rows, p_line, a_line, normal(K + O);
   std::vector<float> n_up(O), n_down(O), v_up(O), v_down(O);
   std::vector<Drive> drives;
-  drives.reserve(N);
+  // By matrix products: per sample, as rows over the inputs, p and A for the total (lhs[0]) and
+  // times s_x = sign(x) for the signed sum (lhs[1]), and p(1 − p) likewise (lhs_var); as rows over
+  // the outputs, bl·q + B and q, and times s_d = sign(d) (rhs), and bl·q(1 − q) likewise (rhs_var)
+  torch::Tensor lhs, lhs_var, rhs, rhs_var;
+  std::vector<char> line_live(K);
   for (int64_t r = 0; r < R; ++r) {
     const double lr_dw = lr / static_cast<double>(dwm.data_ptr<float>()[r]);
     const float sigma = dws.data_ptr<float>()[r], c2c_var = sigma * sigma;
     const int64_t base_off = r * L * O;
     const uint32_t seed_lo = static_cast<uint32_t>(rng.next()), seed_hi = rng.next32();
+    const float* xs = xp + r * N * K;
+    int64_t nonzero = 0;
+    for (int64_t e = 0; e < N * K; ++e) nonzero += xs[e] != 0;
+    const bool by_matmul = N >= kMatmulSamples && 2 * nonzero >= N * K;
+    float *lp = nullptr, *lv = nullptr, *rq = nullptr, *rv = nullptr;
+    if (by_matmul) {
+      if (!lhs.defined()) {
+        lhs = torch::empty({2, 2 * N, K}, f32), lhs_var = torch::empty({2, N, K}, f32);
+        rhs = torch::empty({2, 2 * N, O}, f32), rhs_var = torch::empty({2, N, O}, f32);
+      }
+      lp = lhs.data_ptr<float>(), lv = lhs_var.data_ptr<float>();
+      rq = rhs.data_ptr<float>(), rv = rhs_var.data_ptr<float>();
+      std::fill(line_live.begin(), line_live.end(), 0);
+    } else if (q_rows.empty()) {
+      q_rows.resize(N * 6 * O), p_line.resize(K * N), a_line.resize(K * N);
+      drives.reserve(N);
+    }
     for (int64_t n = 0; n < N; ++n) {
-      const float* xr = xp + (r * N + n) * K;
+      const float* xr = xs + n * K;
       const float* dr = dp + (r * N + n) * O;
-      float *pn = p_line.data() + n, *an = a_line.data() + n;  // sample n of line j: [j·N]
       Train train;
-      if (!sample_train(xr, K, dr, O, lr_dw, desired_bl, bl_management, update_management,
-                        um_grad_scale, train)) {
-        for (int64_t j = 0; j < K; ++j) pn[j * N] = 0.0f;
+      const bool live = sample_train(xr, K, dr, O, lr_dw, desired_bl, bl_management,
+                                     update_management, um_grad_scale, train);
+      if (!live) {  // no pulse in this sample
+        if (by_matmul) {
+          for (int64_t row = 0; row < 4; ++row) std::fill_n(lp + (row * N + n) * K, K, 0.0f);
+          for (int64_t row = 0; row < 2; ++row) std::fill_n(lv + (row * N + n) * K, K, 0.0f);
+          for (int64_t row = 0; row < 4; ++row) std::fill_n(rq + (row * N + n) * O, O, 0.0f);
+          for (int64_t row = 0; row < 2; ++row) std::fill_n(rv + (row * N + n) * O, O, 0.0f);
+        } else {
+          for (int64_t j = 0; j < K; ++j) p_line[j * N + n] = 0.0f;
+        }
         continue;
       }
       const float bl = static_cast<float>(train.bl);
       const float sx = static_cast<float>(train.scale_x), sd = static_cast<float>(train.scale_d);
       fill_gauss(normal.data(), K + O, rng);  // the trains' deviations, standardized
+      if (by_matmul) {
+        // this sample's rows: p and A (total), p·s_x and A·s_x (signed), p(1 − p) and p(1 − p)·s_x
+        float *pt = lp + n * K, *at = lp + (N + n) * K, *ps = lp + (2 * N + n) * K,
+              *as = lp + (3 * N + n) * K, *vt = lv + n * K, *vs = lv + (N + n) * K;
+        // ... and bl·q + B and q (total), times s_d (signed), bl·q(1 − q) and times s_d
+        float *qt = rq + n * O, *qq = rq + (N + n) * O, *qs = rq + (2 * N + n) * O,
+              *qqs = rq + (3 * N + n) * O, *wt = rv + n * O, *ws = rv + (N + n) * O;
+        for (int64_t j = 0; j < K; ++j) {
+          const float p = std::min(std::abs(xr[j]) * sx, 1.0f), s = xr[j] > 0 ? 1.0f : -1.0f;
+          const float ab = normal[j] * std::sqrt(bl * p * (1 - p));  // A_j: 0 where p is 0 or 1
+          pt[j] = p, at[j] = ab, ps[j] = s * p, as[j] = s * ab;
+          vt[j] = p * (1 - p), vs[j] = s * vt[j];
+          line_live[j] |= p > 0;
+        }
+        for (int64_t i = 0; i < O; ++i) {
+          const float q = std::min(std::abs(dr[i]) * sd, 1.0f), q_var = q * (1 - q) * bl;
+          const float qb = q * bl + normal[K + i] * std::sqrt(q_var);  // 0 where q is 0
+          const float s = dr[i] > 0 ? 1.0f : -1.0f;
+          qt[i] = qb, qq[i] = q, qs[i] = s * qb, qqs[i] = s * q, wt[i] = q_var, ws[i] = s * q_var;
+        }
+        continue;
+      }
+      float *pn = p_line.data() + n, *an = a_line.data() + n;  // sample n of line j: [j·N]
       for (int64_t j = 0; j < K; ++j) {  // A_j: the input train's deviation, shared by its line
         const float p = std::min(std::abs(xr[j]) * sx, 1.0f);
         pn[j * N] = xr[j] > 0 ? p : -p;
@@ -758,22 +818,37 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
         qr[5 * O + i] = pos ? 0.0f : q_var;
       }
     }
+    torch::Tensor sums, sums_var;  // by matrix products: (2, K, O), total and signed
+    if (by_matmul) {
+      sums = torch::bmm(lhs.transpose(1, 2), rhs).contiguous();
+      sums_var = torch::bmm(lhs_var.transpose(1, 2), rhs_var).contiguous();
+    }
     for (int64_t k = 0; k < K; ++k) {
-      const float *pk = p_line.data() + k * N, *ak = a_line.data() + k * N;
-      drives.clear();  // the samples that drive this line
-      for (int64_t n = 0; n < N; ++n) {
-        if (pk[n] == 0) continue;
-        const float p = std::abs(pk[n]);
-        const float* qr = q_rows.data() + n * 6 * O;
-        const bool x_pos = pk[n] > 0;  // down where d has x's sign
-        drives.push_back(Drive{p, ak[n], p * (1 - p), qr + (x_pos ? 0 : 3 * O),
-                               qr + (x_pos ? 3 * O : 0)});
+      if (by_matmul) {
+        if (!line_live[k]) continue;  // no pulse on this line
+        const float *t = sums.data_ptr<float>() + k * O, *sg = t + K * O;
+        const float *vt = sums_var.data_ptr<float>() + k * O, *vs = vt + K * O;
+        for (int64_t i = 0; i < O; ++i) {
+          n_down[i] = 0.5f * (t[i] + sg[i]), n_up[i] = 0.5f * (t[i] - sg[i]);
+          v_down[i] = 0.5f * (vt[i] + vs[i]), v_up[i] = 0.5f * (vt[i] - vs[i]);
+        }
+      } else {
+        const float *pk = p_line.data() + k * N, *ak = a_line.data() + k * N;
+        drives.clear();  // the samples that drive this line
+        for (int64_t n = 0; n < N; ++n) {
+          if (pk[n] == 0) continue;
+          const float p = std::abs(pk[n]);
+          const float* qr = q_rows.data() + n * 6 * O;
+          const bool x_pos = pk[n] > 0;  // down where d has x's sign
+          drives.push_back(Drive{p, ak[n], p * (1 - p), qr + (x_pos ? 0 : 3 * O),
+                                 qr + (x_pos ? 3 * O : 0)});
+        }
+        if (drives.empty()) continue;  // no pulse on this line
+        const int64_t used = static_cast<int64_t>(drives.size());
+        for (int64_t i0 = 0; i0 < O; i0 += kBlock)
+          line_counts(drives.data(), used, O, i0, std::min(kBlock, O - i0), n_down.data(),
+                      v_down.data(), n_up.data(), v_up.data());
       }
-      if (drives.empty()) continue;  // no pulse on this line
-      const int64_t used = static_cast<int64_t>(drives.size());
-      for (int64_t i0 = 0; i0 < O; i0 += kBlock)
-        line_counts(drives.data(), used, O, i0, std::min(kBlock, O - i0), n_down.data(),
-                    v_down.data(), n_up.data(), v_up.data());
       const float *nu = n_up.data(), *nd = n_down.data(), *vu = v_up.data(), *vd = v_down.data();
       const int64_t row = base_off + line_of[k] * O;
       const MomentLine line{W + row, S_up + row, S_down + row, B_max + row, B_min + row,
