@@ -347,30 +347,28 @@ inline void line_counts(const Drive* drives, int64_t used, int64_t O, int64_t i0
                         float* __restrict n_up, float* __restrict v_up) {
 #if defined(__GNUC__)
   if (m == kBlock) {
-    // the p-terms and the A-terms in sums of their own: one fused multiply-add per sum and
-    // sample, so that no sum waits on the one before it in the same sample
-    Vec8 nd0{}, nd1{}, ad0{}, ad1{}, vd0{}, vd1{}, nu0{}, nu1{}, au0{}, au1{}, vu0{}, vu1{};
+    // per side (down, up): the p-terms and the A-terms in sums of their own, so that each sum
+    // takes one fused multiply-add per sample and none waits on another in the same sample, and
+    // the variance's; 16 outputs in two registers each
+    struct Sums {
+      Vec8 p0{}, p1{}, a0{}, a1{}, v0{}, v1{};
+    };
+    const auto add = [O](Sums& z, const float* row, const Drive& s) {
+      z.p0 += s.p * load8(row), z.p1 += s.p * load8(row + 8);
+      z.a0 += s.a * load8(row + O), z.a1 += s.a * load8(row + O + 8);
+      z.v0 += s.p_var * load8(row + 2 * O), z.v1 += s.p_var * load8(row + 2 * O + 8);
+    };
+    const auto put = [](const Sums& z, float* n, float* v) {
+      store8(n, z.p0 + z.a0), store8(n + 8, z.p1 + z.a1);
+      store8(v, z.v0), store8(v + 8, z.v1);
+    };
+    Sums down, up;
     for (int64_t u = 0; u < used; ++u) {
-      const Drive& s = drives[u];
-      const float *down = s.down + i0, *up = s.up + i0;
-      nd0 += s.p * load8(down);
-      nd1 += s.p * load8(down + 8);
-      ad0 += s.a * load8(down + O);
-      ad1 += s.a * load8(down + O + 8);
-      vd0 += s.p_var * load8(down + 2 * O);
-      vd1 += s.p_var * load8(down + 2 * O + 8);
-      nu0 += s.p * load8(up);
-      nu1 += s.p * load8(up + 8);
-      au0 += s.a * load8(up + O);
-      au1 += s.a * load8(up + O + 8);
-      vu0 += s.p_var * load8(up + 2 * O);
-      vu1 += s.p_var * load8(up + 2 * O + 8);
+      add(down, drives[u].down + i0, drives[u]);
+      add(up, drives[u].up + i0, drives[u]);
     }
-    nd0 += ad0, nd1 += ad1, nu0 += au0, nu1 += au1;
-    store8(n_down + i0, nd0), store8(n_down + i0 + 8, nd1);
-    store8(v_down + i0, vd0), store8(v_down + i0 + 8, vd1);
-    store8(n_up + i0, nu0), store8(n_up + i0 + 8, nu1);
-    store8(v_up + i0, vu0), store8(v_up + i0 + 8, vu1);
+    put(down, n_down + i0, v_down + i0);
+    put(up, n_up + i0, v_up + i0);
     return;
   }
 #endif
