@@ -11,8 +11,9 @@
 //                 and each coincidence one soft-bounds pulse with cycle-to-cycle noise, clipped at
 //                 the device's bounds.
 //   moment_update the moment-matched update: the coincidence counts' mean and covariance summed
-//                 line by line over the samples, then the soft-bounds closed form and the rest
-//                 of the variance as noise, in one vectorized loop per line.
+//                 line by line over the samples (for a convolution's many patches: by matrix
+//                 products), then the soft-bounds closed form and the rest of the variance as
+//                 noise, in one vectorized loop per line.
 //
 // Random numbers come from a xoshiro256** stream seeded from torch's default CPU generator, so
 // torch.manual_seed makes a run repeatable and a saved torch RNG state resumes it; Gaussian ones
