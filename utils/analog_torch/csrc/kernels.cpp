@@ -287,6 +287,30 @@ std::vector<int64_t> line_map(const torch::Tensor& lines, int64_t K, int64_t L, 
   return line_of;
 }
 
+// how many of the n values are non-zero
+inline int64_t count_nonzero(const float* v, int64_t n) {
+  int64_t count = 0;
+  for (int64_t e = 0; e < n; ++e) count += v[e] != 0;
+  return count;
+}
+
+// the moment update's trains of one sample (see moment_update), from z, a standard normal draw.
+// Input line (value x, scale sx): returns its pulse probability p, and a = A, the deviation of its
+// pulse count from the mean bl·p (0 where p is 0 or 1).
+inline float input_train(float x, float sx, float bl, float z, float& a) {
+  const float p = std::min(std::abs(x) * sx, 1.0f);
+  a = z * std::sqrt(bl * p * (1 - p));
+  return p;
+}
+// Output line (value d, scale sd): returns its pulse probability q, with its count's variance
+// bl·q(1 − q) and the count bl·q + B (0 where q is 0).
+inline float output_train(float d, float sd, float bl, float z, float& q_var, float& count) {
+  const float q = std::min(std::abs(d) * sd, 1.0f);
+  q_var = q * (1 - q) * bl;
+  count = q * bl + z * std::sqrt(q_var);
+  return q;
+}
+
 // below this |r| the gain (1 − e^{-r})/r is taken from its series (1 − e^{-r} would cancel)
 constexpr float kSmallRate = 0.05f;
 
@@ -517,9 +541,7 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
   // the matrix product: a sum over the non-zero inputs only when they are few (MNIST images
   // after the DAC: ~20 % of the pixels) and each input's weights are contiguous, else torch's
   const bool rows_contiguous = wt.stride(2) == 1 && wt.stride(1) == M;
-  int64_t nonzero = 0;
-  if (rows_contiguous)
-    for (int64_t e = 0; e < R * N * K; ++e) nonzero += xqp[e] != 0;
+  const int64_t nonzero = rows_contiguous ? count_nonzero(xqp, R * N * K) : 0;
   torch::Tensor y;
   if (rows_contiguous && nonzero * 4 < R * N * K) {
     y = torch::zeros({R, N, M}, x.options());
@@ -740,9 +762,7 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
     const int64_t base_off = r * L * O;
     const uint32_t seed_lo = static_cast<uint32_t>(rng.next()), seed_hi = rng.next32();
     const float* xs = xp + r * N * K;
-    int64_t nonzero = 0;
-    for (int64_t e = 0; e < N * K; ++e) nonzero += xs[e] != 0;
-    const bool by_matmul = N >= kMatmulSamples && 2 * nonzero >= N * K;
+    const bool by_matmul = N >= kMatmulSamples && 2 * count_nonzero(xs, N * K) >= N * K;
     float *lp = nullptr, *lv = nullptr, *rq = nullptr, *rv = nullptr;
     if (by_matmul) {
       if (!lhs.defined()) {
@@ -784,15 +804,15 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
         float *qt = rq + n * O, *qq = rq + (N + n) * O, *qs = rq + (2 * N + n) * O,
               *qqs = rq + (3 * N + n) * O, *wt = rv + n * O, *ws = rv + (N + n) * O;
         for (int64_t j = 0; j < K; ++j) {
-          const float p = std::min(std::abs(xr[j]) * sx, 1.0f), s = xr[j] > 0 ? 1.0f : -1.0f;
-          const float ab = normal[j] * std::sqrt(bl * p * (1 - p));  // A_j: 0 where p is 0 or 1
+          float ab;
+          const float p = input_train(xr[j], sx, bl, normal[j], ab), s = xr[j] > 0 ? 1.0f : -1.0f;
           pt[j] = p, at[j] = ab, ps[j] = s * p, as[j] = s * ab;
           vt[j] = p * (1 - p), vs[j] = s * vt[j];
           line_live[j] |= p > 0;
         }
         for (int64_t i = 0; i < O; ++i) {
-          const float q = std::min(std::abs(dr[i]) * sd, 1.0f), q_var = q * (1 - q) * bl;
-          const float qb = q * bl + normal[K + i] * std::sqrt(q_var);  // 0 where q is 0
+          float q_var, qb;
+          const float q = output_train(dr[i], sd, bl, normal[K + i], q_var, qb);
           const float s = dr[i] > 0 ? 1.0f : -1.0f;
           qt[i] = qb, qq[i] = q, qs[i] = s * qb, qqs[i] = s * q, wt[i] = q_var, ws[i] = s * q_var;
         }
@@ -800,14 +820,13 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
       }
       float *pn = p_line.data() + n, *an = a_line.data() + n;  // sample n of line j: [j·N]
       for (int64_t j = 0; j < K; ++j) {  // A_j: the input train's deviation, shared by its line
-        const float p = std::min(std::abs(xr[j]) * sx, 1.0f);
+        const float p = input_train(xr[j], sx, bl, normal[j], an[j * N]);
         pn[j * N] = xr[j] > 0 ? p : -p;
-        an[j * N] = normal[j] * std::sqrt(bl * p * (1 - p));  // 0 where p is 0 or 1
       }
       float* qr = q_rows.data() + n * 6 * O;
       for (int64_t i = 0; i < O; ++i) {
-        const float q = std::min(std::abs(dr[i]) * sd, 1.0f), q_var = q * (1 - q) * bl;
-        const float qb = q * bl + normal[K + i] * std::sqrt(q_var);  // 0 where q is 0
+        float q_var, qb;
+        const float q = output_train(dr[i], sd, bl, normal[K + i], q_var, qb);
         const bool pos = dr[i] > 0;
         qr[i] = pos ? qb : 0.0f;
         qr[O + i] = pos ? q : 0.0f;
