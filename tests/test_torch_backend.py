@@ -624,20 +624,24 @@ def test_cpp_moment_update_equals_the_tensor_operations(case):
 
 def test_cpp_io_pass_equals_the_tensor_operations_without_noise():
     """Without output noise the IO pass is deterministic, so the C++ pass must equal the tensor
-    operations': on sparse, MNIST-like inputs (its own sum over the non-zero inputs), on dense
-    ones (torch's product) with bound management halving the inputs of saturated samples, and
-    backwards (transposed weights). Summation order may flip an ADC rounding: at most one step."""
+    operations': on sparse, MNIST-like inputs through weights stored input-major, as a tile
+    stores them (its own sum over the non-zero inputs for 64 outputs or more, torch's product
+    for fewer), on dense ones (torch's product) with bound management halving the inputs of
+    saturated samples, and backwards (transposed weights). Summation order may flip an ADC
+    rounding: at most one step."""
     from utils.analog_torch.tile import _res_step, analog_mvm
 
     io = dataclasses.replace(presets.rpu_config("Analog SGD", 0.7).forward, out_noise=0.0)
     g = torch.Generator().manual_seed(5)
-    w = (torch.rand(3, 20, 50, generator=g) * 2 - 1) * 0.5
+    w = ((torch.rand(3, 50, 80, generator=g) * 2 - 1) * 0.5).transpose(1, 2)  # (R, out, in)
     w[:, 0] = 0.5  # 50 inputs at 1 drive output 0 to 25 > 12: bound management
+    few = ((torch.rand(3, 50, 16, generator=g) * 2 - 1) * 0.5).transpose(1, 2)
     sparse = torch.rand(3, 8, 50, generator=g) * (torch.rand(3, 8, 50, generator=g) > 0.85)
     dense = torch.rand(3, 8, 50, generator=g)
     dense[:, 0] = 1.0
-    d = torch.randn(3, 8, 20, generator=g)
-    cases = [(w, sparse, True), (w, dense, True), (w.transpose(-1, -2), d, False)]
+    d = torch.randn(3, 8, 80, generator=g)
+    cases = [(w, sparse, True), (few, sparse, True), (w, dense, True),
+             (w.transpose(-1, -2), d, False)]
     for weight, x, bm in cases:
         ref = analog_mvm(weight, x, io, bound_management=bm)
         with cpp_kernels(True):

@@ -111,6 +111,19 @@ inline float quantize(float v, float step) {
   return ((t + kRoundMagic) - kRoundMagic) * step;
 }
 
+// max |v[e]| over n values (0 if none): eight running maxima side by side, which vectorize (one
+// running maximum waits on the previous comparison at every value); the same result
+inline float max_abs(const float* v, int64_t n) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t e = 0;
+  for (; e + 8 <= n; e += 8)
+    for (int l = 0; l < 8; ++l) lane[l] = std::max(lane[l], std::abs(v[e + l]));
+  for (; e < n; ++e) lane[0] = std::max(lane[0], std::abs(v[e]));
+  float m = 0;
+  for (float l : lane) m = std::max(m, l);
+  return m;
+}
+
 struct PassParams {
   float inp_bound, inp_step, out_bound, out_step, out_noise, w_noise;
   bool test_negative;
@@ -204,19 +217,22 @@ void fill_noise(float* buf, int64_t n, Rng& rng, const float* list, int64_t size
 // the ADC side of one pass of one sample: y (m outputs of the matrix product) gets weight noise
 // (w_noise·|x|·ξ) and output noise, is quantized and clipped; returns whether an output fell
 // outside the bound before clipping. noise: 2m numbers (as needed) from fill_noise.
-bool finish_row(float* y, int64_t m, float x_norm, const PassParams& io, const float* noise) {
+bool finish_row(float* __restrict y, int64_t m, float x_norm, const PassParams& io,
+                const float* __restrict noise) {
+  // the settings in locals: read through the reference, each store to y might change them (as
+  // far as the compiler knows), which keeps the loops scalar
+  const float out_noise = io.out_noise, out_step = io.out_step, bound = io.out_bound;
   if (io.w_noise > 0) {
     const float a = io.w_noise * x_norm;
     for (int64_t i = 0; i < m; ++i) y[i] += a * noise[i];
     noise += m;
   }
-  if (io.out_noise > 0)
-    for (int64_t i = 0; i < m; ++i) y[i] += io.out_noise * noise[i];
-  if (io.out_step > 0)
-    for (int64_t i = 0; i < m; ++i) y[i] = quantize(y[i], io.out_step);
+  if (out_noise > 0)
+    for (int64_t i = 0; i < m; ++i) y[i] += out_noise * noise[i];
+  if (out_step > 0)
+    for (int64_t i = 0; i < m; ++i) y[i] = quantize(y[i], out_step);
   // which outputs fall outside the bound, as an OR of comparisons (a max over floats would not
   // vectorize), then the clip
-  const float bound = io.out_bound;
   int over = 0;
   if (io.test_negative)
     for (int64_t i = 0; i < m; ++i) over |= (y[i] > bound) | (y[i] < -bound);
@@ -228,14 +244,15 @@ bool finish_row(float* y, int64_t m, float x_norm, const PassParams& io, const f
 
 // the DAC: x / divisor / bm onto the input grid, clipped (the operations in torch's order: the
 // same roundings); returns |x_q| (needed for weight noise)
-float dac_row(const float* x, float* xq, int64_t k, float divisor, float bm,
-              const PassParams& io) {
+float dac_row(const float* __restrict x, float* __restrict xq, int64_t k, float divisor,
+              float bm, const PassParams& io) {
+  const float step = io.inp_step, bound = io.inp_bound;  // in locals, as in finish_row
   for (int64_t j = 0; j < k; ++j) xq[j] = x[j] / divisor;
   if (bm != 1.0f)
     for (int64_t j = 0; j < k; ++j) xq[j] /= bm;
-  if (io.inp_step > 0)
-    for (int64_t j = 0; j < k; ++j) xq[j] = quantize(xq[j], io.inp_step);
-  for (int64_t j = 0; j < k; ++j) xq[j] = std::min(std::max(xq[j], -io.inp_bound), io.inp_bound);
+  if (step > 0)
+    for (int64_t j = 0; j < k; ++j) xq[j] = quantize(xq[j], step);
+  for (int64_t j = 0; j < k; ++j) xq[j] = std::min(std::max(xq[j], -bound), bound);
   if (io.w_noise <= 0) return 0.0f;
   float norm = 0;
   for (int64_t j = 0; j < k; ++j) norm += xq[j] * xq[j];
@@ -252,9 +269,7 @@ struct Train {
 bool sample_train(const float* xr, int64_t K, const float* dr, int64_t O, double lr_dw,
                   int64_t desired_bl, bool bl_management, bool update_management,
                   double um_grad_scale, Train& out) {
-  float x_max_f = 0, d_max_f = 0;
-  for (int64_t j = 0; j < K; ++j) x_max_f = std::max(x_max_f, std::abs(xr[j]));
-  for (int64_t i = 0; i < O; ++i) d_max_f = std::max(d_max_f, std::abs(dr[i]));
+  const float x_max_f = max_abs(xr, K), d_max_f = max_abs(dr, O);
   if (x_max_f == 0 || d_max_f == 0) return false;
   const double x_max = x_max_f;
   double d_max = d_max_f, bl = static_cast<double>(desired_bl);
@@ -309,6 +324,49 @@ inline float output_train(float d, float sd, float bl, float z, float& q_var, fl
   q_var = q * (1 - q) * bl;
   count = q * bl + z * std::sqrt(q_var);
   return q;
+}
+
+// One sample's rows for the moment update's matrix products (see moment_update), from its draws
+// z. Over its K inputs: p and A (total), times s_x = sign(x) (signed), and p(1 − p) and times
+// s_x; live[j] becomes > 0 where the sample drives line j. (Pointers that cannot alias, so that
+// the loops vectorize.)
+void input_rows(const float* __restrict x, const float* __restrict z, int64_t K, float sx,
+                float bl, float* __restrict pt, float* __restrict at, float* __restrict ps,
+                float* __restrict as, float* __restrict vt, float* __restrict vs,
+                float* __restrict live) {
+  for (int64_t j = 0; j < K; ++j) {
+    float ab;
+    const float p = input_train(x[j], sx, bl, z[j], ab), s = x[j] > 0 ? 1.0f : -1.0f;
+    pt[j] = p, at[j] = ab, ps[j] = s * p, as[j] = s * ab;
+    vt[j] = p * (1 - p), vs[j] = s * vt[j];
+    live[j] = std::max(live[j], p);
+  }
+}
+// ... over its O outputs: bl·q + B and q (total), times s_d = sign(d) (signed), and bl·q(1 − q)
+// and times s_d
+void output_rows(const float* __restrict d, const float* __restrict z, int64_t O, float sd,
+                 float bl, float* __restrict qt, float* __restrict qq, float* __restrict qs,
+                 float* __restrict qqs, float* __restrict wt, float* __restrict ws) {
+  for (int64_t i = 0; i < O; ++i) {
+    float q_var, qb;
+    const float q = output_train(d[i], sd, bl, z[i], q_var, qb);
+    const float s = d[i] > 0 ? 1.0f : -1.0f;
+    qt[i] = qb, qq[i] = q, qs[i] = s * qb, qqs[i] = s * q, wt[i] = q_var, ws[i] = s * q_var;
+  }
+}
+// One sample's output rows for the moment update line by line (see moment_update): bl·q + B, q
+// and bl·q(1 − q) where d > 0, then the same where d < 0, rows of O in qr
+void output_line_rows(const float* __restrict d, const float* __restrict z, int64_t O, float sd,
+                      float bl, float* __restrict pos_n, float* __restrict pos_q,
+                      float* __restrict pos_v, float* __restrict neg_n, float* __restrict neg_q,
+                      float* __restrict neg_v) {
+  for (int64_t i = 0; i < O; ++i) {
+    float q_var, qb;
+    const float q = output_train(d[i], sd, bl, z[i], q_var, qb);
+    const bool pos = d[i] > 0;
+    pos_n[i] = pos ? qb : 0.0f, pos_q[i] = pos ? q : 0.0f, pos_v[i] = pos ? q_var : 0.0f;
+    neg_n[i] = pos ? 0.0f : qb, neg_q[i] = pos ? 0.0f : q, neg_v[i] = pos ? 0.0f : q_var;
+  }
 }
 
 // below this |r| the gain (1 − e^{-r})/r is taken from its series (1 − e^{-r} would cancel)
@@ -436,6 +494,8 @@ inline int64_t fire(Rng& gen, const int32_t* idx, const int64_t* thr, int64_t n,
   return m;
 }
 
+// the fewest outputs for which io_pass sums over the non-zero inputs only (sparse_rows)
+constexpr int64_t kSparseOutputs = 64;
 // y (N, m, zeroed) += x (N, k) @ W (k, m) over the non-zero x, line by line: each line's weights
 // are read once for a block of samples (whose outputs stay in cache), not once per sample
 void sparse_rows(const float* x, int64_t N, int64_t k, const float* W, int64_t m, float* y) {
@@ -531,19 +591,17 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
   float* xqp = xq.data_ptr<float>();
   for (int64_t s = 0; s < R * N; ++s) {
     const float* row = xp + s * K;
-    if (abs_max) {
-      float mx = 0;
-      for (int64_t j = 0; j < K; ++j) mx = std::max(mx, std::abs(row[j]));
-      scale[s] = mx;
-    }
+    if (abs_max) scale[s] = max_abs(row, K);
     norm[s] = dac_row(row, xqp + s * K, K, scale[s] > 0 ? scale[s] : 1.0f, 1.0f, io);
   }
   // the matrix product: a sum over the non-zero inputs only when they are few (MNIST images
-  // after the DAC: ~20 % of the pixels) and each input's weights are contiguous, else torch's
-  const bool rows_contiguous = wt.stride(2) == 1 && wt.stride(1) == M;
-  const int64_t nonzero = rows_contiguous ? count_nonzero(xqp, R * N * K) : 0;
+  // after the DAC: ~20 % of the pixels), each input's weights are contiguous and long enough
+  // (64 outputs or more) for a skipped input to save more than its test costs (a convolution's
+  // 16 channels do not: its patches go to torch's product), else torch's
+  const bool can_skip = wt.stride(2) == 1 && wt.stride(1) == M && M >= kSparseOutputs;
+  const int64_t nonzero = can_skip ? count_nonzero(xqp, R * N * K) : 0;
   torch::Tensor y;
-  if (rows_contiguous && nonzero * 4 < R * N * K) {
+  if (can_skip && nonzero * 4 < R * N * K) {
     y = torch::zeros({R, N, M}, x.options());
     const float* W = wt.data_ptr<float>();
     float* out = y.data_ptr<float>();
@@ -566,7 +624,7 @@ torch::Tensor io_pass(torch::Tensor wt, torch::Tensor x, double inp_bound, doubl
         bm *= 2;
         float nrm = dac_row(xp + s * K, redo_x.data(), K, divisor, bm, io);
         torch::Tensor yr;
-        if (rows_contiguous) {
+        if (can_skip) {
           yr = torch::zeros({M}, x.options());
           sparse_rows(redo_x.data(), 1, K, wt.data_ptr<float>() + r * wt.stride(0), M,
                       yr.data_ptr<float>());
@@ -755,7 +813,7 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
   // times s_x = sign(x) for the signed sum (lhs[1]), and p(1 − p) likewise (lhs_var); as rows over
   // the outputs, bl·q + B and q, and times s_d = sign(d) (rhs), and bl·q(1 − q) likewise (rhs_var)
   torch::Tensor lhs, lhs_var, rhs, rhs_var;
-  std::vector<char> line_live(K);
+  std::vector<float> line_live(K);  // > 0 where a sample drives the line
   for (int64_t r = 0; r < R; ++r) {
     const double lr_dw = lr / static_cast<double>(dwm.data_ptr<float>()[r]);
     const float sigma = dws.data_ptr<float>()[r], c2c_var = sigma * sigma;
@@ -797,25 +855,11 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
       const float sx = static_cast<float>(train.scale_x), sd = static_cast<float>(train.scale_d);
       fill_gauss(normal.data(), K + O, rng);  // the trains' deviations, standardized
       if (by_matmul) {
-        // this sample's rows: p and A (total), p·s_x and A·s_x (signed), p(1 − p) and p(1 − p)·s_x
-        float *pt = lp + n * K, *at = lp + (N + n) * K, *ps = lp + (2 * N + n) * K,
-              *as = lp + (3 * N + n) * K, *vt = lv + n * K, *vs = lv + (N + n) * K;
-        // ... and bl·q + B and q (total), times s_d (signed), bl·q(1 − q) and times s_d
-        float *qt = rq + n * O, *qq = rq + (N + n) * O, *qs = rq + (2 * N + n) * O,
-              *qqs = rq + (3 * N + n) * O, *wt = rv + n * O, *ws = rv + (N + n) * O;
-        for (int64_t j = 0; j < K; ++j) {
-          float ab;
-          const float p = input_train(xr[j], sx, bl, normal[j], ab), s = xr[j] > 0 ? 1.0f : -1.0f;
-          pt[j] = p, at[j] = ab, ps[j] = s * p, as[j] = s * ab;
-          vt[j] = p * (1 - p), vs[j] = s * vt[j];
-          line_live[j] |= p > 0;
-        }
-        for (int64_t i = 0; i < O; ++i) {
-          float q_var, qb;
-          const float q = output_train(dr[i], sd, bl, normal[K + i], q_var, qb);
-          const float s = dr[i] > 0 ? 1.0f : -1.0f;
-          qt[i] = qb, qq[i] = q, qs[i] = s * qb, qqs[i] = s * q, wt[i] = q_var, ws[i] = s * q_var;
-        }
+        input_rows(xr, normal.data(), K, sx, bl, lp + n * K, lp + (N + n) * K,
+                   lp + (2 * N + n) * K, lp + (3 * N + n) * K, lv + n * K, lv + (N + n) * K,
+                   line_live.data());
+        output_rows(dr, normal.data() + K, O, sd, bl, rq + n * O, rq + (N + n) * O,
+                    rq + (2 * N + n) * O, rq + (3 * N + n) * O, rv + n * O, rv + (N + n) * O);
         continue;
       }
       float *pn = p_line.data() + n, *an = a_line.data() + n;  // sample n of line j: [j·N]
@@ -824,17 +868,8 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
         pn[j * N] = xr[j] > 0 ? p : -p;
       }
       float* qr = q_rows.data() + n * 6 * O;
-      for (int64_t i = 0; i < O; ++i) {
-        float q_var, qb;
-        const float q = output_train(dr[i], sd, bl, normal[K + i], q_var, qb);
-        const bool pos = dr[i] > 0;
-        qr[i] = pos ? qb : 0.0f;
-        qr[O + i] = pos ? q : 0.0f;
-        qr[2 * O + i] = pos ? q_var : 0.0f;
-        qr[3 * O + i] = pos ? 0.0f : qb;
-        qr[4 * O + i] = pos ? 0.0f : q;
-        qr[5 * O + i] = pos ? 0.0f : q_var;
-      }
+      output_line_rows(dr, normal.data() + K, O, sd, bl, qr, qr + O, qr + 2 * O, qr + 3 * O,
+                       qr + 4 * O, qr + 5 * O);
     }
     torch::Tensor sums, sums_var;  // by matrix products: (2, K, O), total and signed
     if (by_matmul) {
@@ -843,7 +878,7 @@ void moment_update(torch::Tensor w, torch::Tensor devices, torch::Tensor dw_min,
     }
     for (int64_t k = 0; k < K; ++k) {
       if (by_matmul) {
-        if (!line_live[k]) continue;  // no pulse on this line
+        if (line_live[k] == 0) continue;  // no pulse on this line
         const float *t = sums.data_ptr<float>() + k * O, *sg = t + K * O;
         const float *vt = sums_var.data_ptr<float>() + k * O, *vs = vt + K * O;
         for (int64_t i = 0; i < O; ++i) {
