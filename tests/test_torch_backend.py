@@ -474,24 +474,31 @@ def test_split_layer_gradients_are_autograds():
                                * scales[3].view(-1, 1, 1))
 
 
-def test_floating_point_conv_is_torchs_conv_and_its_update_is_sgd():
-    """The unfold path: output and update of a floating-point AnalogConv2d (2 runs) are those of
-    F.conv2d and of SGD on its weight gradient (every (sample, patch) pair is an update vector)."""
+@pytest.mark.parametrize("padding, stride", [(1, 1), (0, 2)])
+def test_floating_point_conv_is_torchs_conv_and_its_update_is_sgd(padding, stride):
+    """The patch path: output, input gradient and update of a floating-point AnalogConv2d (2 runs)
+    are those of F.conv2d and of SGD on its weight gradient (every (sample, patch) pair is an
+    update vector), with and without padding and stride."""
     from torch.nn import functional as F
 
-    conv = tnn.AnalogConv2d(3, 4, 3, [presets.rpu_config("FP SGD", 1.0)] * 2, padding=1)
+    conv = tnn.AnalogConv2d(3, 4, 3, [presets.rpu_config("FP SGD", 1.0)] * 2, padding=padding,
+                            stride=stride)
     weight, bias = torch.randn(2, 4, 3, 3, 3), torch.randn(2, 4)
     conv.set_weights(weight, bias)
-    x = torch.randn(2 * 5, 3, 8, 8)
+    x = torch.randn(2 * 5, 3, 8, 9, requires_grad=True)
     y = conv(x)
-    refs = [F.conv2d(x[5 * r:5 * r + 5], weight[r], bias[r], padding=1) for r in range(2)]
+    xs = [x.detach()[5 * r:5 * r + 5].requires_grad_(True) for r in range(2)]
+    refs = [F.conv2d(xs[r], weight[r], bias[r], stride=stride, padding=padding) for r in range(2)]
     torch.testing.assert_close(y, torch.cat(refs), rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(y)
     y.backward(grad)
+    torch.cat(refs).backward(grad)
+    torch.testing.assert_close(x.grad, torch.cat([xr.grad for xr in xs]), rtol=1e-5, atol=1e-5)
     conv.tile.apply_update(0.1)
     for r in range(2):
         w = weight[r].clone().requires_grad_(True)
-        F.conv2d(x[5 * r:5 * r + 5], w, bias[r], padding=1).backward(grad[5 * r:5 * r + 5])
+        F.conv2d(x.detach()[5 * r:5 * r + 5], w, bias[r], stride=stride,
+                 padding=padding).backward(grad[5 * r:5 * r + 5])
         torch.testing.assert_close(conv.get_weights()[r].view_as(w), weight[r] - 0.1 * w.grad,
                                    rtol=1e-4, atol=1e-5)
 
