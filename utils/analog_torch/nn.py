@@ -125,15 +125,14 @@ class AnalogConv2d(nn.Module):
         return self.tile.weight
 
     def forward(self, x: Tensor) -> Tensor:
-        n, _, h, w = x.shape
         k, s, p = self.kernel_size, self.stride, self.padding
-        h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         # the patches as rows, (R, B·L, C·k·k) in F.unfold's order (channel, then kernel row and
         # column; patches row-major), from strided views with one copy (F.unfold, then its
         # transpose, copies twice)
         x = F.pad(x, (p, p, p, p)) if p else x
-        cols = x.unfold(2, k, s).unfold(3, k, s)  # (R·B, C, h_out, w_out, k, k)
-        cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(self.runs, -1, self.in_channels * k * k)
+        patches = x.unfold(2, k, s).unfold(3, k, s)  # (R·B, C, h_out, w_out, k, k)
+        n, _, h_out, w_out = patches.shape[:4]
+        cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(self.runs, -1, self.tile.in_size)
         y = tile_grid(cols, [self.tile], [self.tile.in_size], [self.out_channels], self.tile.ctx,
                       self.bias, () if self.out_scaling is None else (self.out_scaling,))
         return y.reshape(n, h_out * w_out, self.out_channels).transpose(1, 2).reshape(
