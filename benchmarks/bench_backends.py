@@ -27,6 +27,7 @@ of one run can be faster than that row.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -141,6 +142,17 @@ def use_kernels(which: str | None) -> None:
     native.kernels = (lambda: NoAnalogWork) if which == "none" else kernels
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def timed(step, data, warmup: int, device: torch.device) -> float:
     for x, y in data[:warmup]:
         step(x, y)
@@ -212,7 +224,7 @@ def main() -> None:
              f"{args.threads} thread(s), {source.split(' (')[0]}, torch backend on {device}"
              + ("" if args.no_compile or device.type != "cpu" else " (C++ kernels)"))
     lines = [f"# Backend speed: {title}", "",
-             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+             f"Machine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
              f"thread(s), torch {torch.__version__}"
              + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "") + ". "
              f"Minimum over {args.repeats} repeats of {args.steps} steps. One epoch = "
