@@ -224,7 +224,7 @@ def main() -> None:
              f"{args.threads} thread(s), {source.split(' (')[0]}, torch backend on {device}"
              + ("" if args.no_compile or device.type != "cpu" else " (C++ kernels)"))
     lines = [f"# Backend speed: {title}", "",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+             f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} "
              f"thread(s), torch {torch.__version__}"
              + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "") + ". "
              f"Minimum over {args.repeats} repeats of {args.steps} steps. One epoch = "

@@ -355,7 +355,7 @@ void output_rows(const float* __restrict d, const float* __restrict z, int64_t O
   }
 }
 // One sample's output rows for the moment update line by line (see moment_update): bl·q + B, q
-// and bl·q(1 − q) where d > 0, then the same where d < 0, rows of O in qr
+// and bl·q(1 − q) where d > 0 (pos_*), then the same where d < 0 (neg_*), each a row of O
 void output_line_rows(const float* __restrict d, const float* __restrict z, int64_t O, float sd,
                       float bl, float* __restrict pos_n, float* __restrict pos_q,
                       float* __restrict pos_v, float* __restrict neg_n, float* __restrict neg_q,
