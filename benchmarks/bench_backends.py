@@ -2,7 +2,7 @@
 mode, one run and R runs batched), on the same mini-batches, in one process.
 
     python benchmarks/bench_backends.py [--model fcn|cnn] [--setting "Analog SGD"] [--steps 200]
-                                        [--runs 9] [--threads 1] [--device cpu|cuda]
+                                        [--runs 9 [21 ...]] [--threads 1] [--device cpu|cuda]
                                         [--data-root data] [--no-aihwkit] [--out results/tables]
 
 Each variant trains the same network ``steps`` mini-batches (after ``warmup`` steps, which also
@@ -173,7 +173,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="timed steps per variant (default: 200)")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--runs", type=int, default=9, help="R of the batched variant (default: 9)")
+    p.add_argument("--runs", type=int, nargs="+", default=[9],
+                   help="R of the batched variants, one or more values (default: 9)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="device of the torch backend (default: cpu)")
     p.add_argument("--data-root", type=Path, default=Path("data"),
@@ -188,16 +189,16 @@ def main() -> None:
     set_compile(not args.no_compile)
     device = torch.device(args.device)
     steps = args.warmup + args.steps
-    x, y, source = images(args.data_root, steps * BATCH[args.model] * args.runs)
+    x, y, source = images(args.data_root, steps * BATCH[args.model] * max(args.runs))
     print(f"mini-batches: {source}")
     one = batches(x, y, args.model, 1, steps, torch.device("cpu"))
     variants = {}
     if not args.no_aihwkit:
         variants["AIHWKit (CPU)"] = (aihwkit_variant(args.model, args.setting), one, 1, False)
     one_dev = [(x.to(device), y.to(device)) for x, y in one]
-    many = batches(x, y, args.model, args.runs, steps, device)
     cpp = "cpp" if not args.no_compile and device.type == "cpu" and kernels() is not None else None
-    for runs, data in ((1, one_dev), (args.runs, many)):
+    for runs in (1, *args.runs):
+        data = one_dev if runs == 1 else batches(x, y, args.model, runs, steps, device)
         label = "1 run" if runs == 1 else f"{runs} runs batched"
         for mode in ("moment", "pulse"):
             variants[f"torch {mode}, {label}"] = (

@@ -1,61 +1,60 @@
 #!/usr/bin/env bash
-# GPU check of the Table 2 fine-tuning, on a machine with a CUDA GPU and this repository's
-# requirements installed (pip: the backbone on the GPU, the analog head on the CPU; conda's
-# aihwkit-gpu: both on the GPU). Needs no internet. About 2 minutes:
-#   1. benchmarks/bench_resnet.py on the GPU: images/s at 224 px, batch 128, with and without bf16
-#      autocast, the analog head's share of the step, the data pipeline's images/s;
-#   2. a 20-step smoke run of A12-resnet-finetune.py (ResNet18, TT-v1, random init, synthetic
-#      CIFAR-10 of 2,560 training images, i.e. 20 batches of 128) on GPU 0, resumed for a second
-#      epoch, then A12-table.py over it;
-#   3. the torch backend (plain PyTorch, analog tiles on the GPU): benchmarks/bench_resnet.py with
-#      --backend torch, benchmarks/bench_backends.py for the FCN and the CNN (one run and 9 and 27
-#      runs batched; tables written to the results folder), and a 1-epoch A12 smoke run with the
-#      head on the GPU.
-# Usage: benchmarks/gpu_check.sh [results folder] (default: a new temporary folder).
-# A dry run of the same steps on a CPU: CUDA_IDX=-1 IMAGE_SIZE=32 THREADS=1 WORKERS=0 benchmarks/gpu_check.sh
-set -euo pipefail
+# The torch backend on a CUDA GPU, in one call (needs no AIHWKit and no internet; MNIST in data/):
+#   1. speed: benchmarks/bench_backends.py for the FCN and the CNN, one run and R = 9 and 21 runs
+#      batched, moment and pulse modes (AIHWKit skipped: ratios are to the one-run moment mode),
+#      and benchmarks/bench_resnet.py --backend torch (the Table 2 head on the GPU);
+#   2. the Figure 5 FCN grid (FP SGD; Analog SGD and TT-v1 at tau 0.7, 0.78, 0.8; seeds 0-2: 21
+#      runs, 80 epochs, the paper's schedule) as three batched processes sharing the GPU, one per
+#      setting (the runs of one batched model may differ only in their devices), stopped at
+#      END_AT seconds after the script's start; every finished epoch is in the run folders;
+#   3. while the grid trains: tests/test_cuda.py (the GPU against the CPU on the same inputs).
+# Usage: benchmarks/gpu_check.sh RESULTS_FOLDER   (env: END_AT=500, GRID_MODE=pulse|moment)
+# Everything (logs, benchmark tables, the grid's run records without checkpoints) is packed into
+# RESULTS_FOLDER/gpu_check.tgz, after each stage.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-dest=${1:-$(mktemp -d)}
-mkdir -p "$dest"
+dest=${1:?results folder}
 work=$(mktemp -d)
-export PYTHONUNBUFFERED=1
-cuda=${CUDA_IDX:-0} size=${IMAGE_SIZE:-224} threads=${THREADS:-4} workers=${WORKERS:-8}
-device=$([ "$cuda" -ge 0 ] && echo cuda || echo cpu)
+mkdir -p "$dest" "$work/logs"
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 py=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$py" -c "import torch, aihwkit; from aihwkit.simulator.rpu_base import cuda; print('torch', torch.__version__, 'aihwkit', aihwkit.__version__, 'aihwkit CUDA:', cuda.is_compiled())"
-"$py" benchmarks/bench_resnet.py --device "$device" --image-size "$size" --threads "$threads" \
-  --workers "$workers" --loader --json "$dest/bench_resnet.json" 2>&1 | tee "$dest/bench_resnet.txt"
-"$py" -c "from utils.data import write_synthetic_cifar10; write_synthetic_cifar10('$work/cifar', 2560, 512)"
-flags=(--model Resnet18 -FFT --optimizer TT-v1 --tau 0.8 --CUDA "$cuda" --weights none --no-download
-       --data-root "$work/cifar" --out "$work/out" --workers "$workers" --threads "$threads"
-       --image-size "$size")
+end_at=$((SECONDS + ${END_AT:-500}))
+mode=${GRID_MODE:-pulse}
+pack() { tar -czf "$dest/gpu_check.tgz" -C "$work" --exclude checkpoint.pt --exclude model.pt \
+           --exclude 'events.out.tfevents.*' .; }
 {
-  "$py" A12-resnet-finetune.py "${flags[@]}" --epochs 1
-  "$py" A12-resnet-finetune.py "${flags[@]}" --epochs 2
-  "$py" A12-table.py --runs "$work/out" --out "$work/out"
-} 2>&1 | tee "$dest/smoke_run.txt"
-run="$work/out/runs/CIFAR10-finetune/Resnet18-scratch/FFT/TT-v1-tau=0.8/seed0"
-cp "$run/metrics.jsonl" "$run/config.json" "$dest/"
-"$py" - "$dest/metrics.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-assert [r["epoch"] for r in rows] == [0, 1, 2], rows
-assert rows[2]["train_loss"] < rows[1]["train_loss"], "the training loss did not fall"
-print("smoke run OK:", [(r["epoch"], r["train_loss"], r["test_acc"]) for r in rows])
-PY
-# 3. the torch backend on the GPU
-"$py" benchmarks/bench_resnet.py --device "$device" --image-size "$size" --threads "$threads" \
-  --backend torch --settings "Analog SGD" TT-v1 --json "$dest/bench_resnet_torch.json" \
-  2>&1 | tee "$dest/bench_resnet_torch.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0))"
+  echo "CPUs: $(nproc)"
+} 2>&1 | tee "$work/logs/machine.txt"
+
+# 1. speed, alone on the GPU
 for model in fcn cnn; do
-  for runs in 9 27; do
-    "$py" benchmarks/bench_backends.py --model "$model" --device "$device" --no-aihwkit \
-      --runs "$runs" --steps 100 --repeats 2 --threads "$threads" --out "$dest" \
-      2>&1 | tee "$dest/bench_backends_${model}_${runs}.txt"
-    mv "$dest/bench_backends_${model}_${device}.md" "$dest/bench_backends_${model}_${device}_R${runs}.md"
-  done
+  steps=$([ "$model" = fcn ] && echo 200 || echo 60)
+  "$py" benchmarks/bench_backends.py --model "$model" --device cuda --no-aihwkit --runs 9 21 \
+    --steps "$steps" --warmup 20 --repeats 2 --out "$work/tables" > "$work/logs/bench_$model.txt" 2>&1
+  grep "^|" "$work/logs/bench_$model.txt"
 done
-"$py" A12-resnet-finetune.py "${flags[@]}" --backend torch --epochs 1 2>&1 | tee "$dest/smoke_run_torch.txt"
-rm -rf "$work"
-echo "results in $dest"
+timeout 90 "$py" benchmarks/bench_resnet.py --device cuda --backend torch \
+  --settings "Analog SGD" TT-v1 --image-size 32 --steps 10 \
+  --json "$work/tables/bench_resnet_torch.json" > "$work/logs/bench_resnet.txt" 2>&1
+tail -n 12 "$work/logs/bench_resnet.txt"
+pack
+
+# 2. the grid in the background, 3. the CUDA tests beside it
+left=$((end_at - SECONDS))
+echo "grid: $mode mode, $left s"
+grid() {
+  timeout -s INT "$left" "$py" S4.1-mnist-FCN.py --backend torch --update-mode "$mode" --CUDA 0 \
+    --epochs 80 --data-root data --no-download --out "$work" --seed 0 1 2 "$@"
+}
+grid --SETTING "FP SGD" > "$work/logs/grid_fp.txt" 2>&1 &
+grid --SETTING "Analog SGD" --tau 0.7 0.78 0.8 > "$work/logs/grid_asgd.txt" 2>&1 &
+grid --SETTING "TT-v1" --tau 0.7 0.78 0.8 > "$work/logs/grid_tt.txt" 2>&1 &
+"$py" -m pytest -q -p no:cacheprovider -n 4 tests/test_cuda.py > "$work/logs/test_cuda.txt" 2>&1
+tail -n 25 "$work/logs/test_cuda.txt"
+pack
+wait
+for f in "$work"/logs/grid_*.txt; do echo "$f"; grep "^epoch" "$f" | tail -n 2; done
+pack
+ls -la "$dest"

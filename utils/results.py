@@ -89,13 +89,28 @@ def git_commit() -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """Library versions and machine facts recorded beside every result."""
+    """Library versions and machine facts recorded beside every result; with a GPU in use, its
+    name, driver and CUDA version."""
     env: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
                            "git_commit": git_commit()}
     for name in ("torch", "aihwkit", "numpy"):
         module = sys.modules.get(name)
         env[name] = getattr(module, "__version__", None) if module else None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        env.update(gpu=torch.cuda.get_device_name(), gpu_driver=_gpu_driver(),
+                   cuda=torch.version.cuda)
     return env
+
+
+def _gpu_driver() -> str | None:
+    """The NVIDIA driver's version, as nvidia-smi reports it (None where it cannot be asked)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 class RunFolder:
