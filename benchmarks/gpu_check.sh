@@ -3,17 +3,19 @@
 #   1. speed: benchmarks/bench_backends.py for the FCN and the CNN, one run and R = 9 and 21 runs
 #      batched, moment and pulse modes (AIHWKit skipped: ratios are to the one-run moment mode),
 #      and benchmarks/bench_resnet.py --backend torch (the Table 2 head on the GPU);
-#   2. the Figure 5 FCN grid (FP SGD; Analog SGD and TT-v1 at tau 0.7, 0.78, 0.8; seeds 0-2: 21
+#   2. tests/test_cuda.py (the GPU against the CPU on the same inputs);
+#   3. the Figure 5 FCN grid (FP SGD; Analog SGD and TT-v1 at tau 0.7, 0.78, 0.8; seeds 0-2: 21
 #      runs, 80 epochs, the paper's schedule) as three batched processes sharing the GPU, one per
 #      setting (the runs of one batched model may differ only in their devices), stopped at
-#      END_AT seconds after the script's start; every finished epoch is in the run folders;
-#   3. while the grid trains: tests/test_cuda.py (the GPU against the CPU on the same inputs).
-# Usage: benchmarks/gpu_check.sh RESULTS_FOLDER   (env: END_AT=500, GRID_MODE=pulse|moment)
+#      END_AT seconds after the script's start; every finished epoch is in the run folders.
+# Usage: benchmarks/gpu_check.sh RESULTS_FOLDER [check|grid|all]   (check: 1 and 2; grid: 3;
+#        default all; env: END_AT=500, GRID_MODE=pulse|moment)
 # Everything (logs, benchmark tables, the grid's run records without checkpoints) is packed into
 # RESULTS_FOLDER/gpu_check.tgz, after each stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:?results folder}
+stages=${2:-all}
 work=$(mktemp -d)
 mkdir -p "$dest" "$work/logs"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
@@ -28,6 +30,7 @@ pack() { tar -czf "$dest/gpu_check.tgz" -C "$work" --exclude checkpoint.pt --exc
   echo "CPUs: $(nproc)"
 } 2>&1 | tee "$work/logs/machine.txt"
 
+if [ "$stages" != grid ]; then
 # 1. speed, alone on the GPU
 for model in fcn cnn; do
   steps=$([ "$model" = fcn ] && echo 200 || echo 60)
@@ -40,8 +43,14 @@ timeout 90 "$py" benchmarks/bench_resnet.py --device cuda --backend torch \
   --json "$work/tables/bench_resnet_torch.json" > "$work/logs/bench_resnet.txt" 2>&1
 tail -n 12 "$work/logs/bench_resnet.txt"
 pack
+# 2. the CUDA tests
+"$py" -m pytest -q -p no:cacheprovider -n 4 tests/test_cuda.py > "$work/logs/test_cuda.txt" 2>&1
+tail -n 25 "$work/logs/test_cuda.txt"
+pack
+fi
+[ "$stages" = check ] && exit 0
 
-# 2. the grid in the background, 3. the CUDA tests beside it
+# 3. the grid
 left=$((end_at - SECONDS))
 echo "grid: $mode mode, $left s"
 grid() {
@@ -51,9 +60,6 @@ grid() {
 grid --SETTING "FP SGD" > "$work/logs/grid_fp.txt" 2>&1 &
 grid --SETTING "Analog SGD" --tau 0.7 0.78 0.8 > "$work/logs/grid_asgd.txt" 2>&1 &
 grid --SETTING "TT-v1" --tau 0.7 0.78 0.8 > "$work/logs/grid_tt.txt" 2>&1 &
-"$py" -m pytest -q -p no:cacheprovider -n 4 tests/test_cuda.py > "$work/logs/test_cuda.txt" 2>&1
-tail -n 25 "$work/logs/test_cuda.txt"
-pack
 wait
 for f in "$work"/logs/grid_*.txt; do echo "$f"; grep "^epoch" "$f" | tail -n 2; done
 pack
