@@ -8,20 +8,20 @@
 #      runs, 80 epochs, the paper's schedule) as three batched processes sharing the GPU, one per
 #      setting (the runs of one batched model may differ only in their devices), stopped at
 #      END_AT seconds after the script's start; every finished epoch is in the run folders.
-# Usage: benchmarks/gpu_check.sh RESULTS_FOLDER [check|grid|all]   (check: 1 and 2; grid: 3;
-#        default all; env: END_AT=500, GRID_MODE=pulse|moment)
+# Usage: benchmarks/gpu_check.sh RESULTS_FOLDER [STAGES]   (STAGES: a comma list of bench, tests,
+#        grid; default all three; env: END_AT=500 seconds, GRID_MODE=moment|pulse)
 # Everything (logs, benchmark tables, the grid's run records without checkpoints) is packed into
 # RESULTS_FOLDER/gpu_check.tgz, after each stage.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:?results folder}
-stages=${2:-all}
+stages=",${2:-bench,tests,grid},"
 work=$(mktemp -d)
 mkdir -p "$dest" "$work/logs"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 py=${PYTHON:-python3}
 end_at=$((SECONDS + ${END_AT:-500}))
-mode=${GRID_MODE:-pulse}
+mode=${GRID_MODE:-moment}
 pack() { tar -czf "$dest/gpu_check.tgz" -C "$work" --exclude checkpoint.pt --exclude model.pt \
            --exclude 'events.out.tfevents.*' .; }
 {
@@ -30,7 +30,7 @@ pack() { tar -czf "$dest/gpu_check.tgz" -C "$work" --exclude checkpoint.pt --exc
   echo "CPUs: $(nproc)"
 } 2>&1 | tee "$work/logs/machine.txt"
 
-if [ "$stages" != grid ]; then
+if [[ $stages == *,bench,* ]]; then
 # 1. speed, alone on the GPU
 for model in fcn cnn; do
   steps=$([ "$model" = fcn ] && echo 200 || echo 60)
@@ -43,12 +43,14 @@ timeout 90 "$py" benchmarks/bench_resnet.py --device cuda --backend torch \
   --json "$work/tables/bench_resnet_torch.json" > "$work/logs/bench_resnet.txt" 2>&1
 tail -n 12 "$work/logs/bench_resnet.txt"
 pack
+fi
+if [[ $stages == *,tests,* ]]; then
 # 2. the CUDA tests
 "$py" -m pytest -q -p no:cacheprovider -n 4 tests/test_cuda.py > "$work/logs/test_cuda.txt" 2>&1
 tail -n 25 "$work/logs/test_cuda.txt"
 pack
 fi
-[ "$stages" = check ] && exit 0
+[[ $stages == *,grid,* ]] || exit 0
 
 # 3. the grid
 left=$((end_at - SECONDS))
