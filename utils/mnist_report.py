@@ -202,7 +202,7 @@ def tau_color(tau: float | None, taus: tuple[float, ...]) -> str:
     return PALETTE[taus.index(tau) if tau in taus else len(taus)]
 
 
-def _pm(mean: float, std: float, runs: int) -> str:
+def format_pm(mean: float, std: float, runs: int) -> str:
     """"98.01 ± 0.04"; a single run has no spread, so no "± 0.00"."""
     return f"{mean:.2f} ± {std:.2f}" if runs > 1 else f"{mean:.2f}"
 
@@ -237,12 +237,12 @@ def display_row(row: dict) -> dict:
     runs = row["runs"]
     shown = {"network": row["network"], "algorithm": row["algorithm"], "tau": f"{row['tau']:g}"
              if row["tau"] != "" else "", "runs": runs,
-             "paper": _pm(row["paper_mean"], row["paper_std"], row["paper_runs"])}
+             "paper": format_pm(row["paper_mean"], row["paper_std"], row["paper_runs"])}
     if not runs:
         return {**shown, "epochs": "", "ours": "missing", "range": "", "chance": ""}
     epochs = row["epochs"] if row["epochs"] >= row["target_epochs"] else \
         f"{row['epochs']} of {row['target_epochs']}"
-    return {**shown, "epochs": epochs, "ours": _pm(row["mean"], row["std"], runs),
+    return {**shown, "epochs": epochs, "ours": format_pm(row["mean"], row["std"], runs),
             "range": f"{row['min']:.2f}–{row['max']:.2f}" if runs > 1 else "",
             "chance": f"{row['at_chance']} of {runs}"}
 
