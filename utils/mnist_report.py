@@ -258,7 +258,8 @@ def write_table(root: Path, out: Path, backend: str = "") -> list[str]:
         f"Ours: mean over the last {LAST} epochs of the per-epoch mean over runs (seeds); ± is the mean "
         "over those epochs of the per-epoch population std over runs, as the authors' plot scripts "
         "compute it (no ± for a single run). `min–max`: the lowest and highest run, each run's value "
-        f"being its own mean over those epochs; `at chance`: runs whose value is below {CHANCE_ACC:g} % "
+        "being its own mean over those epochs (the ± also holds the epoch-to-epoch noise, so it can "
+        f"exceed half that range); `at chance`: runs whose value is below {CHANCE_ACC:g} % "
         "(MNIST's chance level is 10–11.35 %). `epochs`: how many epochs the runs trained (the paper: "
         f"{PAPER_EPOCHS}, 3 runs; '37 of 80': a run not finished yet); fewer epochs are a reduced "
         "budget, not comparable to the paper's number.",
