@@ -67,13 +67,6 @@ class Curve:
         return len(self.seeds)
 
     @property
-    def epochs_label(self) -> str:
-        """"80", or "37 of 80" for a run still going (or stopped) short of its --epochs."""
-        if self.target_epochs and self.last_epochs < self.target_epochs:
-            return f"{self.last_epochs} of {self.target_epochs}"
-        return str(self.last_epochs)
-
-    @property
     def last_epochs(self) -> int:
         return int(self.epochs[-1])
 
