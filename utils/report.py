@@ -18,9 +18,10 @@ from pathlib import Path
 from utils.results import REPO_ROOT, atomic_write_bytes
 
 SEED_NOTE = ("What a seed fixes: the initial weights and the order of the training data, and with the "
-             "torch backend also every pulse and noise draw (a rerun on the same machine repeats the run). What it does not "
-             "fix: AIHWKit's runtime noise (pulses, read noise), which AIHWKit seeds from the clock, so "
-             "two AIHWKit runs of one seed take different paths and can end apart, at chance or not.")
+             "torch backend also every pulse and noise draw (a rerun on the same machine repeats the "
+             "run). What it does not fix: AIHWKit's runtime noise (pulses, read noise), which AIHWKit "
+             "seeds from the clock, so two AIHWKit runs of one seed take different paths and can end "
+             "apart, at chance or not.")
 PAPER_COMPUTE = ("The paper's runs: one NVIDIA RTX 3090 (24 GB), 30 min to 1 h per simulation "
                  "(its only runtime information); Figure 5: 3 runs each.")
 
