@@ -9,7 +9,8 @@ For every --SETTING it trains S4.1-mnist-FCN.py on the first ``subset`` training
 (all seeds batched; with tensor operations only and with the C++ kernels), then
 writes OUT/tables/backend_fidelity.{md,csv}: test accuracy per seed,
 mean ± std, and whether each torch mean lies inside AIHWKit's [min − margin, max + margin] over
-seeds (margin: one percentage point, for seeds that agree closely). Run folders go to --work.
+seeds (margin: one percentage point, for seeds that agree closely). The CSV holds numbers only
+(runs, epochs, mean, std, min, max, one column per seed, inside as 1/0). Run folders go to --work.
 """
 
 from __future__ import annotations
