@@ -33,7 +33,7 @@ from utils.least_squares import (
     run_aihwkit,
     run_dynamic,
 )
-from utils.plotting import ema, save_figure
+from utils.plotting import LINESTYLES, PALETTE, ema, save_figure
 from utils.results import RunFolder
 
 FIGURE = "fig1_sgd_vs_lr"
@@ -85,22 +85,24 @@ def plot(args, curves: dict) -> None:
     analog_key = "loss_noisy_read" if args.record == "noisy-read" else "loss"
     series = {"Digital SGD": ("digital", "loss", "*"), "Analog SGD": ("analog", analog_key, "o")}
     fig, (ax_err, ax_conv) = plt.subplots(1, 2, figsize=(8.2, 2.9), gridspec_kw={"wspace": 0.3})
-    for name, (kind, key, _) in series.items():
+    for i, (name, (kind, key, marker)) in enumerate(series.items()):
         errors = [learning_error(curves[f"{kind}/{lr}"][key], DEFAULTS["last"]) for lr in args.lr]
-        ax_err.plot(args.lr, errors, "-o", label=name)
+        ax_err.plot(args.lr, errors, label=name, color="k", ls=LINESTYLES[i], marker=marker)
         print(f"{name:12s} learning error: " + ", ".join(
             f"α={lr:g}: {e:.3e}" for lr, e in zip(args.lr, errors, strict=True)))
     ax_err.set(xscale="log", yscale="log", xlabel="Step size α", ylabel="Learning error")
     ax_err.set_xticks(args.lr, [f"{lr:g}" for lr in args.lr])
     ax_err.xaxis.set_minor_formatter(NullFormatter())
-    ax_err.legend(loc="upper right")
+    ax_err.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # off the data
     ax_err.grid(True, which="both", alpha=0.3)
 
     for i, lr in enumerate(args.lr):
         for kind, key, marker in series.values():
             y = ema(curves[f"{kind}/{lr}"][key], 0.9)
-            ax_conv.plot(y, color=f"C{i}", marker=marker, markevery=max(1, args.steps // 8))
-    handles = [Line2D([], [], color=f"C{i}", lw=3, label=f"α={lr:.0e}") for i, lr in enumerate(args.lr)]
+            ax_conv.plot(y, color=PALETTE[i], ls=LINESTYLES[i], marker=marker,
+                         markevery=max(1, args.steps // 8))
+    handles = [Line2D([], [], color=PALETTE[i], ls=LINESTYLES[i], lw=2, label=f"α={lr:g}")
+               for i, lr in enumerate(args.lr)]
     handles += [Line2D([], [], color="k", ls="", marker=m, label=n) for n, (_, _, m) in series.items()]
     ax_conv.legend(handles=handles, loc="lower left", bbox_to_anchor=(1, 0))
     ax_conv.set(yscale="log", xlabel="Iteration k", ylabel="f(W_k) − f*")

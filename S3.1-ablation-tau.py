@@ -36,7 +36,7 @@ from utils.least_squares import (
     plateau,
     run_dynamic,
 )
-from utils.plotting import ema, save_figure
+from utils.plotting import MARKERS, PALETTE, ema, save_figure
 from utils.results import RunFolder, atomic_write_bytes
 
 FIGURE = "fig4a_ablation_tau"
@@ -119,12 +119,14 @@ def plot(args, curves: dict, rows: list[dict]) -> None:
               label="Digital SGD")
     ax_g.plot(ema(curves["digital"]["grad_norm_sq"], DEFAULTS["ema"]), color="k", ls="-.")
     for i, (tau, row) in enumerate(zip(args.tau, rows, strict=True)):
-        ax_f.plot(ema(curves[f"{tau}/analog"]["loss"], DEFAULTS["ema"]), color=f"C{i}", ls="--",
-                  label=f"τ={tau:g}")
-        ax_f.plot(ema(curves[f"{tau}/tiki-taka"]["loss"], DEFAULTS["ema"]), color=f"C{i}", lw=0.8)
-        ax_g.plot(ema(curves[f"{tau}/analog"]["grad_norm_sq"], DEFAULTS["ema"]), color=f"C{i}",
-                  ls="--")
-        ax_g.axhline(row["floor"], color=f"C{i}", ls=":", lw=1.2)
+        # colour and marker name τ (markers keep τ apart in grey); the line style names the algorithm
+        marks = {"color": PALETTE[i], "marker": MARKERS[i], "markevery": max(1, args.steps // 6),
+                 "ms": 4}
+        ax_f.plot(ema(curves[f"{tau}/analog"]["loss"], DEFAULTS["ema"]), ls="--", label=f"τ={tau:g}",
+                  **marks)
+        ax_f.plot(ema(curves[f"{tau}/tiki-taka"]["loss"], DEFAULTS["ema"]), ls="-", lw=0.8, **marks)
+        ax_g.plot(ema(curves[f"{tau}/analog"]["grad_norm_sq"], DEFAULTS["ema"]), ls="--", **marks)
+        ax_g.axhline(row["floor"], color=PALETTE[i], ls=":", lw=1.2)
     ax_f.plot([], [], color="gray", ls="--", label="Analog SGD")
     ax_f.plot([], [], color="gray", lw=0.8, label="Tiki-Taka")
     ax_f.legend(loc="upper right", ncol=2, fontsize=7)

@@ -29,7 +29,7 @@ from utils.least_squares import (
     pulsed_simulator,
     run_aihwkit,
 )
-from utils.plotting import ema, save_figure
+from utils.plotting import ema, save_figure, style
 from utils.results import RunFolder
 
 FIGURE = "fig4b_ablation_sigma"
@@ -72,8 +72,8 @@ def plot(args, curves: dict) -> None:
     for i, var in enumerate(args.sigma2):
         loss = curves[str(var)]["loss"]
         print(f"σ²={var:g}: plateau (last 20 %) {plateau(loss):.3e}")
-        ax.plot(ema(loss, DEFAULTS["ema"]), color=f"C{i}", marker="*",
-                markevery=max(1, args.steps // 8), label=f"σ²={var:g}")
+        ax.plot(ema(loss, DEFAULTS["ema"]), **style(i), markevery=max(1, args.steps // 8),
+                label=f"σ²={var:g}")
     ax.legend(loc="lower left", bbox_to_anchor=(1, 0))
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
            title=f"Analog SGD ({pulsed_simulator(args).label}), τ={args.tau:g}, init {args.init}")

@@ -28,7 +28,7 @@ import torch
 
 from utils import cli
 from utils.engine import backend_suffix, experiment_name, load_model_state, run_folder
-from utils.plotting import plt, save_figure
+from utils.plotting import LINESTYLES, PALETTE, plt, save_figure
 from utils.results import atomic_write_bytes
 
 FIGURE = "fig7_weight_distribution"
@@ -130,20 +130,28 @@ def main(argv: list[str] | None = None) -> None:
              "per device (Assumption 4's W_max/τ is the max).", "",
              "| algorithm | weights | mean saturation | 99th percentile | max | max \\|W\\| |",
              "|---|---|---|---|---|---|"]
+    values = {s: weight_values(m) for s, m in models.items()}
+    # bins over every weight, and a log density, so that the tails of each distribution show
+    edge = max(float(np.abs(v).max()) for v in values.values())
+    bins = np.linspace(-edge, edge, 241)
     for i, (setting, model) in enumerate(models.items()):
-        values = weight_values(model)
-        ax_w.hist(values, bins=400, alpha=0.2, density=True, color=f"C{i}", label=RUNS[setting])
+        label = RUNS[setting] + ("" if setting == "FP SGD" else f", τ={args.tau:g}")
+        line = {"color": PALETTE[i], "ls": LINESTYLES[i], "histtype": "step", "density": True,
+                "lw": 1.2, "label": label}
+        ax_w.hist(values[setting], bins=bins, **line)
         if setting == "FP SGD":
             continue
         sat = saturation(model, setting)
-        ax_s.hist(sat, bins=400, range=(0, 1), alpha=0.2, density=True, color=f"C{i}",
-                  label=RUNS[setting])
+        ax_s.hist(sat, bins=200, range=(0, 1), **line)
         lines.append(f"| {RUNS[setting]} | {sat.size} | {sat.mean():.3f} | "
-                     f"{np.percentile(sat, 99):.3f} | {sat.max():.3f} | {np.abs(values).max():.3f} |")
-    ax_w.set(xlim=(-1, 1), xlabel="Weight value", ylabel="Density")
-    ax_s.set(xlim=(0, 1), xlabel="Saturation |w| / bound", ylabel="Density")
+                     f"{np.percentile(sat, 99):.3f} | {sat.max():.3f} | "
+                     f"{np.abs(values[setting]).max():.3f} |")
+    ax_w.set(xlim=(-edge, edge), yscale="log", xlabel="Weight value", ylabel="Density (log)",
+             title=f"Weights of the trained FCN (seed {args.seed})")
+    ax_s.set(xlim=(0, 1), yscale="log", xlabel="Saturation |w| / bound", ylabel="Density (log)",
+             title=f"Device saturation, τ={args.tau:g}")
     for ax in (ax_w, ax_s):
-        ax.legend()
+        ax.legend(fontsize=7)
     save_figure(fig, args.out, FIGURE + suffix)
     table = "\n".join(lines) + "\n"
     atomic_write_bytes(Path(args.out) / "tables" / f"fig7_saturation{suffix}.md", table.encode())

@@ -46,13 +46,42 @@ def test_fcn_plot_aggregates_seeds_and_names_missing_runs(tmp_path):
     by_key = {(r["network"], r["algorithm"], r["tau"]): r for r in rows}
     assert len(rows) == 14  # 7 runs per network, both networks
     digital = by_key[("FCN", "Digital SGD", "")]
-    assert (digital["ours"], digital["seeds"], digital["epochs"]) == ("85.00 ± 5.00", "2", "8")
-    assert digital["paper"] == "98.15 ± 0.04"
+    numbers = ("runs", "epochs", "mean", "std", "min", "max", "at_chance", "paper_mean", "paper_std")
+    assert [float(digital[k]) for k in numbers] == [2, 8, 85, 5, 80, 90, 0, 98.15, 0.04]
     tt = by_key[("FCN", "Tiki-Taka", "0.78")]
-    assert (tt["ours"], tt["epochs"]) == (f"{(60 + 95 + 97) / 3:.2f} ± 0.00", "3 of 80")
-    assert by_key[("CNN", "Analog SGD", "0.6")]["ours"] == "missing"
+    assert (float(tt["mean"]), tt["runs"], tt["epochs"], tt["target_epochs"]) == (
+        round((60 + 95 + 97) / 3, 4), "1", "3", "80")
+    assert by_key[("CNN", "Analog SGD", "0.6")]["runs"] == "0"
+    assert by_key[("CNN", "Analog SGD", "0.6")]["mean"] == ""
     table = (tmp_path / "tables" / "mnist.md").read_text()
+    assert "| FCN | Digital SGD |  | 2 | 8 | 85.00 ± 5.00 | 80.00–90.00 | 0 of 2 | 98.15 ± 0.04 |" in table
+    # one run: no "± 0.00", no range
+    assert f"| FCN | Tiki-Taka | 0.78 | 1 | 3 of 80 | {(60 + 95 + 97) / 3:.2f} |  | 0 of 1 |" in table
     assert "Missing runs:" in table and "MNIST-CNN/FP SGD" in table
+
+
+def test_runs_at_chance_are_counted_and_drawn_one_by_one(tmp_path):
+    """A cell where one run of three stays at chance: the table counts it and the figure draws each
+    run (three thin lines) beside the mean (one thick line)."""
+    from utils.mnist_report import CHANCE_ACC, load_panel, plot_panel, table_rows
+
+    for seed, final in enumerate([0.97, 0.1135, 0.96]):
+        write_metrics(tmp_path, "FCN", "Analog SGD", 0.78, seed, [0.1, 0.5 * final] + [final] * 5)
+    row = next(r for r in table_rows(tmp_path)[0] if r["tau"] == 0.78 and r["runs"])
+    assert (row["runs"], row["at_chance"], row["min"], row["max"]) == (3, 1, 11.35, 97.0)
+    assert CHANCE_ACC < 50
+    curves, _ = load_panel(tmp_path, "FCN", (0.78,))
+    drawn = []
+    import utils.mnist_report as report
+
+    real = report.save_figure
+    report.save_figure = lambda fig, out, name: drawn.append(fig.axes[0].get_lines()) or []
+    try:
+        plot_panel("FCN", curves, (0.78,), tmp_path)
+    finally:
+        report.save_figure = real
+    widths = sorted(line.get_linewidth() for line in drawn[0])
+    assert widths == [0.6, 0.6, 0.6, 1.8]
 
 
 def test_plot_without_runs_is_one_clear_line(tmp_path):

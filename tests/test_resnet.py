@@ -304,14 +304,15 @@ def test_table_lists_ours_beside_the_papers_and_names_missing_runs(trained, tmp_
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     md = (tmp_path / "tables" / "cifar10_resnet.md").read_text()
-    assert "| Resnet18 | Digital SGD |  | missing | 0 | 0 | 93.03 |  |" in md
-    assert "| Resnet50 | Tiki-Taka | 0.8 | missing | 0 | 0 | 95.54 |  |" in md
+    assert "| Resnet18 | Digital SGD |  | 0 |  | missing |  | 93.03 |  |" in md
+    assert "| Resnet50 | Tiki-Taka | 0.8 | 0 |  | missing |  | 95.54 |  |" in md
     assert "Missing runs: CIFAR10-finetune/Resnet18/FFT/FP SGD," in md
     acc = np.mean([100 * r["test_acc"] for r in metrics(run_dir(trained, "TT-v1-tau=0.8"))[1:]])
-    assert (f"| Resnet18 | Tiki-Taka | 0.8 | {acc:.2f} ± 0.00 | 1 | 2 |  | weights: none (from "
+    assert (f"| Resnet18 | Tiki-Taka | 0.8 | 1 | 2 | {acc:.2f} |  |  | weights: none (from "
             "scratch); 32 px images; not the official CIFAR-10 files |") in md
     csv = (tmp_path / "tables" / "cifar10_resnet.csv").read_text().splitlines()
-    assert csv[0] == "model,algorithm,tau,ours,seeds,epochs,paper,notes,run" and len(csv) == 13
+    assert csv[0] == "model,algorithm,tau,runs,epochs,mean,std,min,max,paper_mean,notes,run"
+    assert len(csv) == 13 and "93.03" in csv[1] and "±" not in "".join(csv)
 
 
 def _assert_one_line_error(res: subprocess.CompletedProcess, text: str) -> None:
@@ -384,4 +385,4 @@ def test_table_averages_seeds_over_the_last_five_epochs_and_leaves_out_unfinishe
     assert "CIFAR10-finetune/Resnet34/FFT/FP SGD/seed2: left out" in capsys.readouterr().out
     assert "CIFAR10-finetune/Resnet34/FFT/FP SGD" not in missing and len(missing) == 8
     md = (tmp_path / "tables" / "cifar10_resnet.md").read_text()
-    assert "| Resnet34 | Digital SGD |  | 85.00 ± 5.00 | 2 | 6 | 93.44 |  |" in md
+    assert "| Resnet34 | Digital SGD |  | 2 | 6 | 85.00 ± 5.00 | 80.00–90.00 | 93.44 |  |" in md

@@ -18,7 +18,7 @@ import numpy as np
 
 from utils import results
 from utils.finetune import EXPERIMENT, IMAGE_SIZE, MODELS, PAPER_TAU, model_folder
-from utils.mnist_report import LABELS, LAST, Curve, read_metrics
+from utils.mnist_report import LABELS, LAST, Curve, format_pm, read_metrics
 
 PAPER = {  # Table 2 of the paper: test accuracy %, ImageNet weights, full fine-tuning, τ = 0.8
     ("Resnet18", "FP SGD"): 93.03, ("Resnet34", "FP SGD"): 93.44, ("Resnet50", "FP SGD"): 95.92,
@@ -84,7 +84,7 @@ def load_runs(root: Path) -> list[Runs]:
         config_path = seeds[next(iter(per_seed))] / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         runs.append(Runs(model_dir, fft, alg, Curve(list(per_seed), epochs, acc.mean(0),
-                                                    acc.std(0)), config))
+                                                    acc.std(0), per_run=acc), config))
     return runs
 
 
@@ -113,15 +113,17 @@ def table_rows(root: Path) -> tuple[list[dict], list[str]]:
     found = {r.key: r for r in load_runs(root)}
     rows, missing = [], []
 
-    def row(runs: Runs | None, model: str, setting: str, tau: float | None, paper: str,
+    def row(runs: Runs | None, model: str, setting: str, tau: float | None, paper: float | str,
             name: str) -> dict:
         out = {"model": model, "algorithm": LABELS.get(setting, setting),
-               "tau": "" if tau is None else f"{tau:g}", "ours": "missing", "seeds": 0,
-               "epochs": 0, "paper": paper, "notes": "", "run": name}
+               "tau": "" if tau is None else tau, "runs": 0, "epochs": "", "mean": "", "std": "",
+               "min": "", "max": "", "paper_mean": paper, "notes": "", "run": name}
         if runs is not None:
             mean, std = runs.curve.summary()
-            out.update(ours=f"{mean:.2f} ± {std:.2f}", seeds=len(runs.curve.seeds),
-                       epochs=runs.curve.last_epochs, notes=_notes(runs))
+            final = runs.curve.final_per_run()
+            out.update(runs=runs.curve.runs, epochs=runs.curve.last_epochs, mean=round(mean, 4),
+                       std=round(std, 4), min=round(float(final.min()), 4),
+                       max=round(float(final.max()), 4), notes=_notes(runs))
         return out
 
     for model in MODELS:
@@ -132,14 +134,25 @@ def table_rows(root: Path) -> tuple[list[dict], list[str]]:
             name = f"{EXPERIMENT}/{model}/FFT/{alg}"
             if key not in found:
                 missing.append(name)
-            rows.append(row(found.pop(key, None), model, setting, tau,
-                            f"{PAPER[(model, setting)]:.2f}", name))
+            rows.append(row(found.pop(key, None), model, setting, tau, PAPER[(model, setting)],
+                            name))
     for key in sorted(found, key=lambda k: (k[0], not k[1], k[2])):
         runs = found[key]
         setting, tau = _setting_tau(runs.alg)
         name = "/".join([EXPERIMENT, runs.model_dir, *(["FFT"] if runs.fft else []), runs.alg])
         rows.append(row(runs, runs.model_dir.split("-")[0], setting, tau, "", name))
     return rows, missing
+
+
+def display_row(row: dict) -> dict:
+    """A table_rows row as the Markdown table shows it (the CSV keeps the numbers)."""
+    runs = row["runs"]
+    shown = {**row, "tau": "" if row["tau"] == "" else f"{row['tau']:g}",
+             "paper": "" if row["paper_mean"] == "" else f"{row['paper_mean']:.2f}"}
+    if not runs:
+        return {**shown, "ours": "missing", "range": ""}
+    return {**shown, "ours": format_pm(row["mean"], row["std"], runs),
+            "range": f"{row['min']:.2f}–{row['max']:.2f}" if runs > 1 else ""}
 
 
 def write_table(root: Path, out: Path) -> tuple[list[Path], list[str]]:
@@ -149,13 +162,16 @@ def write_table(root: Path, out: Path) -> tuple[list[Path], list[str]]:
         "# Table 2: CIFAR-10 test accuracy (%) of fine-tuned ResNets, only the classifier analog",
         "",
         f"Ours: mean over the last {LAST} epochs of the per-epoch mean test accuracy over seeds; ± is "
-        "the mean over those epochs of the per-epoch population std over seeds (0 for one seed), as "
-        "for MNIST. The paper does not say which statistic it reports (one number, 100 epochs). "
+        "the mean over those epochs of the per-epoch population std over seeds (none for one seed), "
+        "as for MNIST; `min–max`: the lowest and highest seed, each its own mean over those epochs. "
+        "The paper does not say which statistic it reports (one number, 100 epochs). "
         "`epochs`: how many epochs the runs trained (the paper: 100); fewer epochs are reduced "
         "budgets, not comparable to the paper. Rows below the first nine are other runs found "
         "(their `notes` say how they differ from the paper's protocol).",
         "",
     ]
-    columns = ["model", "algorithm", "tau", "ours", "seeds", "epochs", "paper", "notes"]
-    paths = results.write_table(out, TABLE, header, rows, missing, columns, labels={"tau": "τ"})
+    columns = ["model", "algorithm", "tau", "runs", "epochs", "ours", "range", "paper", "notes"]
+    paths = results.write_table(out, TABLE, header, rows, missing, columns,
+                                labels={"tau": "τ", "ours": "ours (mean ± std)", "range": "min–max"},
+                                md_rows=[display_row(r) for r in rows])
     return paths, missing

@@ -3,7 +3,9 @@
 A run folder is ``<root>/runs/MNIST-<NET>/<name>/seed<k>/metrics.jsonl`` with one line per epoch.
 Seeds of one (network, setting, τ) are aggregated as the authors' plot scripts do: per-epoch mean
 and population std over seeds; the table value is the mean over the last 5 epochs of the per-epoch
-mean, and its ± the mean over those epochs of the per-epoch std.
+mean, and its ± the mean over those epochs of the per-epoch std. Each run's own value (its mean over
+the same last 5 epochs) gives the spread: min, max, and how many runs ended at chance (below
+CHANCE_ACC).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 
 from utils import cli, results
 from utils.engine import backend_suffix, run_name
-from utils.plotting import ema, plt, save_figure
+from utils.plotting import DIGITAL_COLOR, PALETTE, ema, plt, save_figure
 
 NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
 ANALOG = ("Analog SGD", "TT-v1")
 LAST = 5  # epochs averaged for the table
 SHORT = 10  # runs with fewer epochs are drawn unsmoothed, without the zoom
 PAPER_EPOCHS = 80  # fewer: the figure title says "reduced budget"
+# A run "ended at chance" when its final accuracy (mean of its last LAST epochs) is below this (%):
+# MNIST's chance level is 10-11.35 % (the all-"1" state); every run that trains ends above 80 %.
+CHANCE_ACC = 20.0
 PAPER = {  # Figure 5's table (the paper), test accuracy % (mean ± std over 3 runs, 80 epochs)
     ("FCN", "FP SGD", None): (98.15, 0.04),
     ("FCN", "Analog SGD", 0.7): (11.35, 0.00), ("FCN", "Analog SGD", 0.78): (97.71, 0.63),
@@ -55,13 +60,11 @@ class Curve:
     mean: np.ndarray
     std: np.ndarray  # population std over seeds (0 for one seed)
     target_epochs: int | None = None  # the --epochs the runs were started with
+    per_run: np.ndarray | None = None  # (seeds, epochs): every run's own curve
 
     @property
-    def epochs_label(self) -> str:
-        """"80", or "37 of 80" for a run still going (or stopped) short of its --epochs."""
-        if self.target_epochs and self.last_epochs < self.target_epochs:
-            return f"{self.last_epochs} of {self.target_epochs}"
-        return str(self.last_epochs)
+    def runs(self) -> int:
+        return len(self.seeds)
 
     @property
     def last_epochs(self) -> int:
@@ -71,6 +74,16 @@ class Curve:
         """(mean, ±) over the last LAST epochs (fewer if the run has fewer)."""
         tail = slice(-min(LAST, len(self.epochs) - 1), None) if len(self.epochs) > 1 else slice(None)
         return float(self.mean[tail].mean()), float(self.std[tail].mean())
+
+    def final_per_run(self) -> np.ndarray:
+        """Each run's final accuracy: its mean over the epochs summary() averages."""
+        tail = slice(-min(LAST, len(self.epochs) - 1), None) if len(self.epochs) > 1 else slice(None)
+        runs = self.per_run if self.per_run is not None else self.mean[None]
+        return runs[:, tail].mean(1)
+
+    def at_chance(self) -> int:
+        """How many runs ended at chance (final accuracy below CHANCE_ACC)."""
+        return int((self.final_per_run() < CHANCE_ACC).sum())
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -98,7 +111,7 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None,
     acc = np.array([[100 * m["test_acc"] for m in v[:common]] for v in per_seed.values()])
     epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))[:common]])
     return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0),
-                 target_epochs=target)
+                 target_epochs=target, per_run=acc)
 
 
 def load_panel(root: Path, network: str, taus: tuple[float, ...] | None = None, backend: str = ""
@@ -114,11 +127,19 @@ def load_panel(root: Path, network: str, taus: tuple[float, ...] | None = None, 
     return curves, missing
 
 
+def runs_label(curves: dict) -> str:
+    """"3 runs per cell", or "1–3 runs per cell" where cells differ."""
+    counts = sorted({c.runs for c in curves.values()})
+    span = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"{span} run{'s' if counts[-1] > 1 else ''} per cell"
+
+
 def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
                smoothing: float = 0.8, backend: str = "") -> list[Path]:
-    """Figure 5's panel: test accuracy against epoch, EMA-smoothed, with a zoom on the last epochs.
-    Runs shorter than SHORT epochs (reduced budgets) are drawn unsmoothed and without the zoom: an
-    EMA over a handful of points mostly shows its own start-up."""
+    """Figure 5's panel: test accuracy against epoch, EMA-smoothed, every run thin and the mean over
+    runs thick, with a zoom on the last epochs of the means. Runs shorter than SHORT epochs (reduced
+    budgets) are drawn unsmoothed and without the zoom: an EMA over a handful of points mostly shows
+    its own start-up."""
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     styles = {"Analog SGD": ("--", "o"), "TT-v1": ("-", "^"), "FP SGD": ("-.", "s")}
     last = max(c.epochs[-1] for c in curves.values())
@@ -130,11 +151,14 @@ def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
     inset.set_visible(not short)
     zoom_values = []
     for (setting, tau), curve in curves.items():
-        color = "C3" if tau is None else f"C{taus.index(tau) if tau in taus else 4}"
+        color = tau_color(tau, taus)
         ls, marker = styles[setting]
+        if curve.per_run is not None and curve.runs > 1:
+            for run in curve.per_run:
+                ax.plot(curve.epochs, ema(run, smoothing), ls=ls, color=color, lw=0.6, alpha=0.45)
         y = ema(curve.mean, smoothing)
         every = max(1, len(y) // 16)
-        ax.plot(curve.epochs, y, ls=ls, marker=marker, color=color, ms=3, markevery=every)
+        ax.plot(curve.epochs, y, ls=ls, marker=marker, color=color, lw=1.8, ms=3, markevery=every)
         zoom = curve.epochs >= last - 3  # the zoom shows the last 4 epochs of the longest run
         inset.plot(curve.epochs[zoom], y[zoom], ls=ls, marker=marker, color=color, ms=3)
         if zoom.any() and y[-1] > 90:  # collapsed runs would flatten the zoom
@@ -147,22 +171,38 @@ def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
         mark_inset(ax, inset, loc1=2, loc2=1, fc="none", ec="0.6")
     inset.grid(True, alpha=0.3)
     inset.tick_params(labelsize=6)
-    handles = [plt.Line2D([], [], color=f"C{i}", lw=3, label=f"τ={t:g}") for i, t in enumerate(taus)]
-    handles += [plt.Line2D([], [], color="k", ls=styles[s][0], marker=styles[s][1], ms=4,
+    handles = [plt.Line2D([], [], color=tau_color(t, taus), lw=3, label=f"τ={t:g}") for t in taus]
+    handles += [plt.Line2D([], [], color="0.4", ls=styles[s][0], marker=styles[s][1], ms=4,
                            label=LABELS[s]) for s in ANALOG]
-    handles.append(plt.Line2D([], [], color="C3", ls="-.", marker="s", ms=4, label="Digital SGD"))
+    handles.append(plt.Line2D([], [], color=tau_color(None, taus), ls="-.", marker="s", ms=4,
+                              label="Digital SGD"))
+    handles.append(plt.Line2D([], [], color="0.4", lw=0.6, alpha=0.6, label="one run"))
+    handles.append(plt.Line2D([], [], color="0.4", lw=1.8, label="mean of runs"))
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1, 0))
-    notes = [f"reduced budget: {last} epochs"] if last < PAPER_EPOCHS else []
-    notes += ["unsmoothed"] if smoothing == 0 else []
-    budget = "".join(f", {n}" for n in notes)
+    budget = f"{last} epochs" + (f" (reduced; the paper: {PAPER_EPOCHS})" if last < PAPER_EPOCHS else "")
+    notes = ", unsmoothed" if smoothing == 0 else f", EMA {smoothing:g}"
     engine = f", {backend.strip('-').replace('-', ' ')} backend" if backend else ""
-    ax.set(xlabel="Epoch", ylabel="Test accuracy (%)", title=f"MNIST {network}{engine}{budget}")
+    ax.set(xlabel="Epoch", ylabel="Test accuracy (%)")
+    ax.set_title(f"MNIST {network}{engine}\n{runs_label(curves)}, {budget}{notes}", fontsize=9)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save_figure(fig, out, f"fig5_mnist_{network.lower()}{backend.replace('-', '_')}")
 
 
+def tau_color(tau: float | None, taus: tuple[float, ...]) -> str:
+    """A τ's colour in a panel (by its place in ``taus``); digital SGD's is DIGITAL_COLOR."""
+    if tau is None:
+        return DIGITAL_COLOR
+    return PALETTE[taus.index(tau) if tau in taus else len(taus)]
+
+
+def format_pm(mean: float, std: float, runs: int) -> str:
+    """"98.01 ± 0.04"; a single run has no spread, so no "± 0.00"."""
+    return f"{mean:.2f} ± {std:.2f}" if runs > 1 else f"{mean:.2f}"
+
+
 def table_rows(root: Path, backend: str = "") -> tuple[list[dict], list[str]]:
-    """One row per (network, setting, τ) of both panels, ours beside the paper's."""
+    """One row per (network, setting, τ) of both panels, ours beside the paper's, in numbers (the
+    CSV's columns; empty where a cell has no run)."""
     rows, missing = [], []
     for network in NETWORKS:
         curves, gone = load_panel(root, network, backend=backend)
@@ -170,17 +210,34 @@ def table_rows(root: Path, backend: str = "") -> tuple[list[dict], list[str]]:
         for setting, tau in grid(network):
             curve = curves.get((setting, tau))
             paper = PAPER[(network, setting, tau)]
-            row = {"network": network, "algorithm": LABELS[setting],
-                   "tau": "" if tau is None else f"{tau:g}",
-                   "paper": f"{paper[0]:.2f} ± {paper[1]:.2f}"}
-            if curve is None:
-                row.update(ours="missing", seeds=0, epochs=0)
-            else:
+            row = {"network": network, "algorithm": LABELS[setting], "tau": "" if tau is None else tau,
+                   "runs": 0, "epochs": "", "target_epochs": "", "mean": "", "std": "", "min": "",
+                   "max": "", "at_chance": "", "paper_mean": paper[0], "paper_std": paper[1],
+                   "paper_runs": 3, "paper_epochs": PAPER_EPOCHS}
+            if curve is not None:
                 mean, std = curve.summary()
-                row.update(ours=f"{mean:.2f} ± {std:.2f}", seeds=len(curve.seeds),
-                           epochs=curve.epochs_label)
+                final = curve.final_per_run()
+                row.update(runs=curve.runs, epochs=curve.last_epochs,
+                           target_epochs=curve.target_epochs or curve.last_epochs,
+                           mean=round(mean, 4), std=round(std, 4), min=round(float(final.min()), 4),
+                           max=round(float(final.max()), 4), at_chance=curve.at_chance())
             rows.append(row)
     return rows, missing
+
+
+def display_row(row: dict) -> dict:
+    """A table_rows row as the Markdown table shows it."""
+    runs = row["runs"]
+    shown = {"network": row["network"], "algorithm": row["algorithm"], "tau": f"{row['tau']:g}"
+             if row["tau"] != "" else "", "runs": runs,
+             "paper": format_pm(row["paper_mean"], row["paper_std"], row["paper_runs"])}
+    if not runs:
+        return {**shown, "epochs": "", "ours": "missing", "range": "", "chance": ""}
+    epochs = row["epochs"] if row["epochs"] >= row["target_epochs"] else \
+        f"{row['epochs']} of {row['target_epochs']}"
+    return {**shown, "epochs": epochs, "ours": format_pm(row["mean"], row["std"], runs),
+            "range": f"{row['min']:.2f}–{row['max']:.2f}" if runs > 1 else "",
+            "chance": f"{row['at_chance']} of {runs}"}
 
 
 def write_table(root: Path, out: Path, backend: str = "") -> list[str]:
@@ -191,16 +248,21 @@ def write_table(root: Path, out: Path, backend: str = "") -> list[str]:
     header = [
         f"# Figure 5: MNIST test accuracy (%){engine}",
         "",
-        f"Ours: mean over the last {LAST} epochs of the per-epoch mean over seeds; ± is the mean over "
-        "those epochs of the per-epoch population std over seeds (0 for one seed), as the authors' plot "
-        "scripts compute it. `epochs`: how many epochs the runs trained (the paper: 80, 3 seeds; "
-        "'37 of 80': a run not finished yet). Runs with fewer epochs are reduced budgets and are not "
-        "comparable to the paper's number.",
+        f"Ours: mean over the last {LAST} epochs of the per-epoch mean over runs (seeds); ± is the mean "
+        "over those epochs of the per-epoch population std over runs, as the authors' plot scripts "
+        "compute it (no ± for a single run). `min–max`: the lowest and highest run, each run's value "
+        "being its own mean over those epochs (the ± also holds the epoch-to-epoch noise, so it can "
+        f"exceed half that range); `at chance`: runs whose value is below {CHANCE_ACC:g} % "
+        "(MNIST's chance level is 10–11.35 %). `epochs`: how many epochs the runs trained (the paper: "
+        f"{PAPER_EPOCHS}, 3 runs; '37 of 80': a run not finished yet); fewer epochs are a reduced "
+        "budget, not comparable to the paper's number.",
         "",
     ]
-    columns = ["network", "algorithm", "tau", "ours", "seeds", "epochs", "paper"]
+    columns = ["network", "algorithm", "tau", "runs", "epochs", "ours", "range", "chance", "paper"]
     results.write_table(out, f"mnist{backend.replace('-', '_')}", header, rows, missing, columns,
-                        labels={"tau": "τ"})
+                        labels={"tau": "τ", "ours": "ours (mean ± std)", "range": "min–max",
+                                "chance": "at chance", "paper": "paper (mean ± std)"},
+                        md_rows=[display_row(r) for r in rows])
     return missing
 
 

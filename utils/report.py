@@ -17,6 +17,11 @@ from pathlib import Path
 
 from utils.results import REPO_ROOT, atomic_write_bytes
 
+SEED_NOTE = ("What a seed fixes: the initial weights and the order of the training data, and with the "
+             "torch backend also every pulse and noise draw (a rerun on the same machine repeats the "
+             "run). What it does not fix: AIHWKit's runtime noise (pulses, read noise), which AIHWKit "
+             "seeds from the clock, so two AIHWKit runs of one seed take different paths and can end "
+             "apart, at chance or not.")
 PAPER_COMPUTE = ("The paper's runs: one NVIDIA RTX 3090 (24 GB), 30 min to 1 h per simulation "
                  "(its only runtime information); Figure 5: 3 runs each.")
 
@@ -63,7 +68,8 @@ ITEMS = (
          "Tiki-Taka within 1 % of digital SGD (98.15 %) at every τ; Analog SGD sits at chance "
          "(11.35 %) at τ = 0.7 and reaches 97.7–97.8 % at τ = 0.78 and 0.8, more slowly. Numbers: "
          "the table below, paper column.",
-         ("fig5_mnist_fcn",), ("mnist.md",), "mnist:FCN", "python reproduce.py --only S4.1"),
+         ("fig5_mnist_fcn",), ("mnist.md",), "mnist:FCN", "python reproduce.py --only S4.1",
+         (SEED_NOTE,)),
     Item("Figure 5 (CNN): MNIST, LeNet-style network",
          "Tiki-Taka at 98.8–98.9 % against digital SGD's 99.16 %; Analog SGD 89.0–93.5 %. "
          "Numbers: the table above, paper column.",
@@ -125,6 +131,7 @@ class Provenance:
     wall: str
     runs: str
     missing: list[str]
+    per_cell: str = ""  # how many runs back each cell of the item's table
 
 
 def least_squares_provenance(root: Path, stem: str, where: Path) -> Provenance | None:
@@ -136,10 +143,14 @@ def least_squares_provenance(root: Path, stem: str, where: Path) -> Provenance |
                                                                           "aihwkit") == "aihwkit"]
     if not folders:
         return None
-    newest = max(folders, key=lambda p: (p / "curves.json").stat().st_mtime)
+    paper_steps = script_module(stem).DEFAULTS["steps"]
+    # the run at the paper's budget, else the longest; ties by folder name. Never the files' times:
+    # a fresh clone gives every file the same age, and the report must not depend on the clock
+    newest = max(folders, key=lambda p: (
+        _read_json(p / "config.json").get("config", {}).get("steps") == paper_steps,
+        _read_json(p / "config.json").get("config", {}).get("steps") or 0, p.name))
     saved = _read_json(newest / "config.json")
     config = saved.get("config", {})
-    paper_steps = script_module(stem).DEFAULTS["steps"]
     budget = (f"{config.get('steps', '?')} steps per run (the paper's protocol: {paper_steps}), "
               f"seed {config.get('seed', '?')}")
     if "--steps" in BUDGETS["smoke"].least_squares[stem] and config.get("steps") != paper_steps:
@@ -209,7 +220,22 @@ def mnist_provenance(root: Path, network: str) -> Provenance | None:
     runs, missing = _training_runs(folders)
     if not runs:
         return None
-    return _training_provenance(runs, missing, len(folders), _mnist_epochs(BUDGETS["paper"]))
+    prov = _training_provenance(runs, missing, len(folders), _mnist_epochs(BUDGETS["paper"]))
+    prov.per_cell = runs_per_cell(runs, network)
+    return prov
+
+
+def runs_per_cell(runs: list[TrainingRun], network: str) -> str:
+    """"3 in every cell", or each cell's count ("Digital SGD 3; Analog SGD τ=0.7 2, …")."""
+    from utils.engine import run_name
+    from utils.mnist_report import LABELS, grid
+
+    counts = {(s, t): sum(r.name.startswith(f"MNIST-{network}/{run_name(s, t or 1.0)}/")
+                          for r in runs) for s, t in grid(network)}
+    if len(set(counts.values())) == 1:
+        return f"{next(iter(counts.values()))} in every cell"
+    return "; ".join(f"{LABELS[s]}{'' if t is None else f' τ={t:g}'}: {n}"
+                     for (s, t), n in counts.items())
 
 
 def fig7_provenance(root: Path) -> Provenance | None:
@@ -312,6 +338,7 @@ def section(item: Item, root: Path, where: Path, missing: dict[str, list[str]]) 
         out += ["| The paper | Ours |", "|---|---|", f"| {item.paper} | {'<br>'.join(ours)} |", ""]
     else:
         out += [f"**The paper:** {item.paper}", ""]
+    out += [*item.notes, ""] if item.notes else []
     for name in item.tables:
         path = root / "tables" / name
         if path.is_file():
@@ -327,6 +354,8 @@ def section(item: Item, root: Path, where: Path, missing: dict[str, list[str]]) 
         return out
     out += [f"- Budget: {prov.budget}", f"- Hardware: {prov.hardware}",
             f"- Wall time: {prov.wall}", f"- Runs: {prov.runs}"]
+    if prov.per_cell:
+        out.append(f"- Runs per cell: {prov.per_cell}")
     if prov.missing:
         out.append(f"- **Missing runs** ({len(prov.missing)}): "
                    + ", ".join(f"`{m}`" for m in prov.missing) + f" (make them with `{item.make}`)")

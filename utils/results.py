@@ -53,11 +53,12 @@ def read_json(path: Path) -> Any:
 
 
 def write_table(out: Path, name: str, header: list[str], rows: list[dict[str, Any]],
-                missing: list[str], columns: list[str], labels: dict[str, str] | None = None
-                ) -> list[Path]:
+                missing: list[str], columns: list[str], labels: dict[str, str] | None = None,
+                md_rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """``<out>/tables/<name>.csv`` (the rows, every key) and ``.md`` (``header`` lines, then
     ``columns`` of the rows as a Markdown table, then the missing runs named), atomically.
-    ``labels`` renames columns in the Markdown header only."""
+    ``labels`` renames columns in the Markdown header only; ``md_rows`` (default: the rows) are
+    the rows as the Markdown table shows them, where the CSV keeps numbers."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -66,7 +67,7 @@ def write_table(out: Path, name: str, header: list[str], rows: list[dict[str, An
     atomic_write_bytes(csv_path, buf.getvalue().encode())
     titles = [(labels or {}).get(c, c) for c in columns]
     lines = [*header, "| " + " | ".join(titles) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in (md_rows or rows)]
     if missing:
         lines += ["", "Missing runs: " + ", ".join(missing) + "."]
     md_path = Path(out) / "tables" / f"{name}.md"
