@@ -103,3 +103,15 @@ def test_default_backend_without_aihwkit_says_what_to_do(without_aihwkit, monkey
         assert text in err
     assert not any(tmp_path.iterdir())  # nothing written
 
+
+def test_conda_route_pins_the_same_aihwkit_and_builds_the_kernels():
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    conda = {line.strip()[2:].split("=")[0]: line.strip()[2:] for line in lines
+             if line.strip().startswith("- ")}
+    (pip_aihwkit,) = [r for r in requirements() if r.name == "aihwkit"]
+    assert conda["aihwkit-gpu"] == "aihwkit-gpu=" + str(pip_aihwkit.specifier).removeprefix("==")
+    assert conda["pytorch"] == "pytorch=*=cuda*"
+    assert {"ninja", "cxx-compiler"} <= set(conda)
+    # every other pip requirement has its conda package (torch is "pytorch" on conda-forge)
+    names = {"torch": "pytorch", "aihwkit": "aihwkit-gpu"}
+    assert {names.get(r.name, r.name) for r in requirements()} <= set(conda)
