@@ -66,6 +66,8 @@ def load_fcn(path: Path, setting: str, args):
 
             model = build_fcn(rpu_config(setting, args.tau))
             load_model_state(model, ckpt["model_state_dict"])
+    except cli.UserError as err:  # AIHWKit missing (utils.devices)
+        cli.fail(str(err))
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         cli.fail(f"{path}: not a readable FCN checkpoint of {setting} ({type(err).__name__}); "
                  "retrain it with --save-checkpoint")

@@ -13,26 +13,43 @@ from __future__ import annotations
 
 import copy
 
-from aihwkit.simulator.configs import (
-    FloatingPointRPUConfig,
-    IOParameters,
-    MappingParameter,
-    SingleRPUConfig,
-    UnitCellRPUConfig,
-    UpdateParameters,
-)
-from aihwkit.simulator.configs.devices import (
-    FloatingPointDevice,
-    SoftBoundsReferenceDevice,
-    TransferCompound,
-)
-from aihwkit.simulator.parameters.enums import (
-    AnalogMVType,
-    BoundManagementType,
-    NoiseManagementType,
-    PulseType,
-    WeightNoiseType,
-)
+from utils.cli import UserError
+
+
+class AIHWKitMissing(UserError, ImportError):
+    """AIHWKit does not import: a one-line UserError for the scripts, an ImportError for code that
+    falls back to the torch backend's own settings (utils.analog_torch.presets.resolve)."""
+
+
+# The one place the default backend first imports AIHWKit: a missing or broken install ends here.
+try:
+    from aihwkit.simulator.configs import (
+        FloatingPointRPUConfig,
+        IOParameters,
+        MappingParameter,
+        SingleRPUConfig,
+        UnitCellRPUConfig,
+        UpdateParameters,
+    )
+    from aihwkit.simulator.configs.devices import (
+        FloatingPointDevice,
+        SoftBoundsReferenceDevice,
+        TransferCompound,
+    )
+    from aihwkit.simulator.parameters.enums import (
+        AnalogMVType,
+        BoundManagementType,
+        NoiseManagementType,
+        PulseType,
+        WeightNoiseType,
+    )
+except ImportError as err:
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    raise AIHWKitMissing(
+        f"the default --backend aihwkit needs AIHWKit 1.1.0, which does not import here ({reason}); "
+        "pip installs its wheel on Linux x86_64 with Python 3.10-3.12 (pip install -r "
+        "requirements.txt), conda installs aihwkit-gpu (environment.yml); anywhere else run with "
+        "--backend torch") from None
 
 # One list of settings and constants for both backends (the torch backend's presets need no AIHWKit).
 from utils.analog_torch.presets import (  # noqa: E402, F401 - re-exported
@@ -244,3 +261,10 @@ def rpu_config(setting: str, tau: float, dw_min: float = 1e-3):
     if setting == "TT-v1":
         return tiki_taka_config(device)
     raise ValueError(f"unknown setting {setting!r}; choose one of {', '.join(SETTINGS)}")
+
+
+def aihwkit_has_cuda() -> bool:
+    """Whether this AIHWKit was built with CUDA (conda-forge's aihwkit-gpu; the PyPI wheel is not)."""
+    from aihwkit.simulator.rpu_base import cuda
+
+    return bool(cuda.is_compiled())

@@ -10,8 +10,8 @@ A run lives in ``<out>/runs/<experiment>/<name>/seed<seed>/``:
   metrics.jsonl  one line per epoch: epoch, train_loss, test_loss, test_acc, lr, time_s
   checkpoint.pt  model, optimizer, scheduler and RNG states after the last finished epoch
   model.pt       the final checkpoint, kept with --save-checkpoint (Figure 7 reads it)
-  events.out.tfevents.*  the same scalars for TensorBoard (Loss/train, Loss/test, Accuracy/test,
-                 State/lr)
+  events.out.tfevents.*  every number of metrics.jsonl for TensorBoard (tensorboard_scalars:
+                 Loss/train, Loss/test, Accuracy/test, State/lr, Time/epoch_s)
 Every file is written atomically after every epoch; rerunning the same command resumes after the
 last finished epoch, or only reports a finished run. Settings other than the number of epochs, the
 threads, the device and --save-checkpoint must match the run already in the folder.
@@ -51,6 +51,24 @@ LR_GAMMA = 0.1   # lr decay factor
 EVAL_BATCH = 1000  # test images per forward pass (any size gives the same numbers)
 MAY_CHANGE_ON_RESUME = ("epochs", "threads", "device", "save_checkpoint")
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# The TensorBoard tag of each metrics.jsonl field, stable across releases; a field not named here
+# keeps its own name, so the events always hold every number of metrics.jsonl.
+TENSORBOARD_TAGS = {"train_loss": "Loss/train", "test_loss": "Loss/test", "test_acc": "Accuracy/test",
+                    "lr": "State/lr", "time_s": "Time/epoch_s"}
+
+
+def tensorboard_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The scalars of one metrics.jsonl row under their TensorBoard tags: every number but the epoch
+    (the step), each group's lr as State/lr/<group>; None (epoch 0's train loss) is left out."""
+    scalars = {}
+    for key, value in row.items():
+        if key == "group_lr":
+            scalars.update({f"State/lr/{name}": lr for name, lr in value.items()})
+        elif key != "epoch" and isinstance(value, int | float):
+            scalars[TENSORBOARD_TAGS.get(key, key)] = float(value)
+    return scalars
 
 
 def run_name(setting: str, tau: float) -> str:
@@ -239,11 +257,7 @@ def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test
         metrics.append(row)
         atomic_write_bytes(folder / "metrics.jsonl",
                            "".join(json.dumps(m) + "\n" for m in metrics).encode())
-        scalars = {"Loss/test": test_loss, "Accuracy/test": test_acc}
-        if train_loss is not None:
-            scalars.update({"Loss/train": train_loss, "State/lr": lr_used})
-            scalars.update({f"State/lr/{name}": value for name, value in (group_lr or {}).items()})
-        for tag, value in scalars.items():
+        for tag, value in tensorboard_scalars(row).items():
             writer.add_scalar(tag, value, epoch)
         writer.flush()
         _save_checkpoint(folder / "checkpoint.pt", epoch, model, optimizer, scheduler)
@@ -418,10 +432,7 @@ def _train_group(indices: list[int], folders: list[Path], states: list[RunState]
             metrics[i].append(row)
             atomic_write_bytes(folder / "metrics.jsonl",
                                "".join(json.dumps(m) + "\n" for m in metrics[i]).encode())
-            scalars = {"Loss/test": row["test_loss"], "Accuracy/test": row["test_acc"]}
-            if loss_i is not None:
-                scalars.update({"Loss/train": loss_i, "State/lr": lr_used})
-            for tag, value in scalars.items():
+            for tag, value in tensorboard_scalars(row).items():
                 writers[i].add_scalar(tag, value, epoch)
             writers[i].flush()
             _save_state(folder / "checkpoint.pt", epoch, run_state(state, i), optimizer, scheduler)

@@ -246,12 +246,6 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
     suffix = backend_suffix(args.backend, args.update_mode)
     device = torch_device(args.CUDA, require_aihwkit_cuda=False)
     gpu = device.type == "cuda"
-    if torch_backend or not gpu:
-        head_device = device
-    else:  # the PyPI AIHWKit has CPU tiles only: the head stays on the CPU next to a GPU backbone
-        from aihwkit.simulator.rpu_base import cuda as aihwkit_cuda
-
-        head_device = device if aihwkit_cuda.is_compiled() else torch.device("cpu")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     setting, tau = args.optimizer, args.tau
@@ -267,6 +261,12 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         config = rpu_config(setting, tau, dw_min=tau / DW_MIN_STATES)
         update_mode = None
+    if torch_backend or not gpu:
+        head_device = device
+    else:  # the PyPI AIHWKit has CPU tiles only: the head stays on the CPU next to a GPU backbone
+        from utils.devices import aihwkit_has_cuda
+
+        head_device = device if aihwkit_has_cuda() else torch.device("cpu")
     download = not args.no_download
     weights = load_backbone_weights(args.model, args.weights, download=download)
     data = load_cifar10(args.data_root, download=download)

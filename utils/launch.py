@@ -48,9 +48,11 @@ def log_path(log_dir: Path, step: Step) -> Path:
 
 
 def aihwkit_has_cuda() -> bool:
-    from aihwkit.simulator.rpu_base import cuda
-
-    return bool(cuda.is_compiled())
+    try:
+        from utils.devices import aihwkit_has_cuda as has_cuda
+    except ImportError:  # a torch-only install: each AIHWKit step reports that itself
+        return False
+    return has_cuda()
 
 
 def step_cuda(step: Step, gpu: int | None, aihwkit_cuda: bool) -> int | None:

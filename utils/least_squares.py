@@ -221,8 +221,12 @@ def pulsed_simulator(args) -> PulsedSimulator:
 
         return PulsedSimulator(least_squares_config, f"torch backend, {args.update_mode}",
                                "_torch", ())
-    from utils.devices import least_squares_config
+    from utils.cli import UserError, fail
 
+    try:
+        from utils.devices import least_squares_config
+    except UserError as err:  # AIHWKit missing: these scripts have no other UserError to report
+        fail(str(err))
     return PulsedSimulator(least_squares_config, "AIHWKit", "", ("backend", "update_mode"))
 
 

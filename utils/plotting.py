@@ -52,12 +52,18 @@ def ema(values: list[float] | np.ndarray, coef: float) -> np.ndarray:
     return out
 
 
+# No creation date and no matplotlib version in the files: redrawing unchanged results gives the
+# same bytes, so a committed figure changes only when what it shows does.
+METADATA = {"png": {"Software": None},
+            "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
+
+
 def save_figure(fig: Figure, out: Path, name: str) -> list[Path]:
     """Save ``fig`` as ``out/figures/<name>.png`` and ``.pdf`` (atomically) and close it."""
     paths = []
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext)
+        fig.savefig(buf, format=ext, metadata=METADATA[ext])
         path = Path(out) / "figures" / f"{name}.{ext}"
         atomic_write_bytes(path, buf.getvalue())
         print(f"figure: {path}")
