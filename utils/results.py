@@ -53,15 +53,17 @@ def read_json(path: Path) -> Any:
 
 
 def write_table(out: Path, name: str, header: list[str], rows: list[dict[str, Any]],
-                missing: list[str], columns: list[str], labels: dict[str, str] | None = None
-                ) -> list[Path]:
+                missing: list[str], columns: list[str], labels: dict[str, str] | None = None,
+                csv_rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """``<out>/tables/<name>.csv`` (the rows, every key) and ``.md`` (``header`` lines, then
     ``columns`` of the rows as a Markdown table, then the missing runs named), atomically.
-    ``labels`` renames columns in the Markdown header only."""
+    ``labels`` renames columns in the Markdown header only; ``csv_rows`` (e.g. unformatted
+    numbers) replace the rows in the CSV."""
+    csv_rows = rows if csv_rows is None else csv_rows
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(csv_rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(csv_rows)
     csv_path = Path(out) / "tables" / f"{name}.csv"
     atomic_write_bytes(csv_path, buf.getvalue().encode())
     titles = [(labels or {}).get(c, c) for c in columns]
