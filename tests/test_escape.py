@@ -52,18 +52,22 @@ def _write_run(root: Path, experiment: str, tau: float, seed: int, rows: list[di
 
 
 def test_table_rows_from_hand_made_records(tmp_path):
-    study = "MNIST-FCN-escape-torch-pulse"
-    for seed, accs in enumerate(([0.1, 0.1, 0.1], [0.1, 0.1, 0.1], [0.1, 0.1, 0.1],
-                                 [0.1, 0.8, 0.9])):
-        _write_run(tmp_path, study, 0.7, seed, _rows(accs, probe=True))
-    _write_run(tmp_path, "MNIST-FCN", 0.7, 0, _rows([0.1, 0.1]))  # AIHWKit, another budget
-    torch_row, aihwkit_row = (table_row(g) for g in load_groups(tmp_path))
-    assert (torch_row["backend"], torch_row["runs"], torch_row["stuck"]) == ("torch (pulse)", 4, 3)
-    assert torch_row["stuck_lo"] < 0.75 < torch_row["stuck_hi"]
-    assert torch_row["paper_outcome_prob"] == pytest.approx(0.75 ** 3)  # 3 of 3 stuck at 0.7
-    assert torch_row["paper_outcome_prob_lo"] == pytest.approx(torch_row["stuck_lo"] ** 3)
-    assert torch_row["escape_epoch_median"] == 1 and torch_row["out_scale_stuck"] == 3.0
-    assert (aihwkit_row["backend"], aihwkit_row["epochs"], aihwkit_row["stuck"]) == ("AIHWKit", 1, 1)
+    """Three of four torch runs stuck through 80 epochs, one leaves at epoch 30; one AIHWKit run
+    of 20 epochs: the torch runs also make a 20-epoch row (all four still stuck there), and the
+    paper's outcome is priced at 80 epochs only."""
+    stuck, leaves = [0.1] * 81, [0.1] * 30 + [0.9] * 51
+    for seed, accs in enumerate((stuck, stuck, stuck, leaves)):
+        _write_run(tmp_path, "MNIST-FCN-escape-torch-pulse", 0.7, seed, _rows(accs, probe=True))
+    _write_run(tmp_path, "MNIST-FCN", 0.7, 0, _rows([0.1] * 21))  # AIHWKit, the first 20 epochs
+    rows = [table_row(g) for g in load_groups(tmp_path)]
+    assert [(r["backend"], r["epochs"], r["runs"], r["stuck"]) for r in rows] == [
+        ("torch (pulse)", 80, 4, 3), ("torch (pulse)", 20, 4, 4), ("AIHWKit", 20, 1, 1)]
+    full = rows[0]
+    assert full["stuck_lo"] < 0.75 < full["stuck_hi"]
+    assert full["paper_outcome_prob"] == pytest.approx(0.75 ** 3)  # 3 of 3 stuck at 0.7
+    assert full["paper_outcome_prob_lo"] == pytest.approx(full["stuck_lo"] ** 3)
+    assert full["escape_epoch_median"] == 30 and full["out_scale_stuck"] == 81.0
+    assert rows[1]["out_scale_stuck"] == 21.0 and rows[1]["paper_outcome_prob"] is None
 
 
 def _exit_2(capsys, main, *args) -> str:

@@ -1,9 +1,10 @@
 """The stuck-probability figure and table from run records (S4.3-plot-stuck.py; never trains).
 
 Reads the Analog SGD runs of three sources: the torch-backend study and its ablation
-(S4.3-stuck-probability.py) and AIHWKit's Figure 5 runs (S4.1-mnist-FCN.py, the cross-check). Runs of
-one (source, τ) are grouped by the epochs they have finished, so runs of another budget (the
-cross-check's first 20 epochs, a run still going) make a row of their own, labelled.
+(S4.3-stuck-probability.py) and AIHWKit's Figure 5 runs (S4.1-mnist-FCN.py, the cross-check). Every
+budget some run at a τ has finished (80 epochs; the cross-check's first 20; a run still going) makes
+a row of that τ per source, holding that source's runs with at least that many epochs, cut there:
+the backends are compared at equal budgets.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from utils.escape import (
     still_at_chance,
     wilson_interval,
 )
+from utils.mnist_report import PAPER_EPOCHS
 
 SETTING = "Analog SGD"
 NAME = "stuck_probability"  # results/figures/<NAME>.{png,pdf}, results/tables/<NAME>.{md,csv}
@@ -99,17 +101,24 @@ def read_run(folder: Path) -> Run:
 
 
 def load_groups(root: Path) -> list[Group]:
-    """Every (source, τ, epochs finished) group of Analog SGD runs under ``root``/runs."""
-    groups: dict[tuple[int, float, int], Group] = {}
+    """The (source, τ, budget) groups of the Analog SGD runs under ``root``/runs: the budgets of a
+    τ are the epochs its runs (of any source) have finished; a group holds its source's runs that
+    reached the budget, cut there. Ordered by source, τ, then the longest budget first."""
+    runs = {i: [read_run(m.parent) for m in sorted(
+                (Path(root) / "runs" / source.experiment).glob(f"{SETTING}-tau=*/seed*/metrics.jsonl"))]
+            for i, source in enumerate(SOURCES)}
+    budgets: dict[float, set[int]] = {}
+    for run in (r for rs in runs.values() for r in rs):
+        budgets.setdefault(run.tau, set()).add(run.epochs)
+    groups = []
     for i, source in enumerate(SOURCES):
-        base = Path(root) / "runs" / source.experiment
-        for folder in sorted(base.glob(f"{SETTING}-tau=*/seed*")):
-            if not (folder / "metrics.jsonl").is_file():
-                continue
-            run = read_run(folder)
-            key = (i, run.tau, run.epochs)
-            groups.setdefault(key, Group(source, run.tau, run.epochs, [])).runs.append(run)
-    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1], -k[2]))]
+        for tau in sorted({r.tau for r in runs[i]}):
+            for budget in sorted(budgets[tau], reverse=True):
+                cut = [Run(r.folder, tau, r.rows[:budget + 1]) for r in runs[i]
+                       if r.tau == tau and r.epochs >= budget]
+                if cut:
+                    groups.append(Group(source, tau, budget, cut))
+    return groups
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -123,7 +132,8 @@ def table_row(group: Group) -> dict:
     stuck = sum(e is None for e in escapes)
     lo, hi = wilson_interval(stuck, n)
     p = stuck / n
-    outcome = PAPER_OUTCOME.get(round(group.tau, 6)) if group.source.paper_config else None
+    applies = group.source.paper_config and group.epochs == PAPER_EPOCHS
+    outcome = PAPER_OUTCOME.get(round(group.tau, 6)) if applies else None
     prob = ends = None
     if outcome is not None:
         prob = paper_outcome_probability(group.tau, p)
@@ -178,8 +188,10 @@ def write_table(groups: list[Group], out: Path) -> list[Path]:
         "scale`: the last layer's learned output gain at the last epoch, median over the stuck / "
         "escaped runs (– : none, or not recorded). `paper`: the outcome of the paper's three runs; "
         "`P(paper)`: its probability if each run is stuck with the measured fraction p (p³ for 3 of "
-        "3 stuck, (1 − p)³ for none), in brackets at the interval's ends. Rows differ by backend "
-        "and by budget (`epochs`); docs/escape_study.md.",
+        "3 stuck, (1 − p)³ for none), in brackets at the interval's ends; given for the authors' "
+        f"configuration at their budget ({PAPER_EPOCHS} epochs) only. Rows differ by backend and by "
+        "budget: a row of `epochs` E holds the runs that reached E, cut there; "
+        "docs/escape_study.md.",
         "",
     ]
     columns = ["backend", "tau", "epochs", "runs", "stuck", "escape", "ended", "scale", "paper",
@@ -192,7 +204,8 @@ def write_table(groups: list[Group], out: Path) -> list[Path]:
 
 
 def plot(groups: list[Group], out: Path) -> list[Path]:
-    """(a) the fraction of runs still at chance against epoch, one curve per group; (b) the last
+    """(a) the fraction of runs still at chance against epoch, one curve per group (but those
+    that only cut a longer group's runs shorter); (b) the last
     layer's learned output scale, median over the runs stuck at the end (solid) and over those that
     left chance (dash-dot), for the groups that recorded it."""
     from matplotlib.ticker import MaxNLocator
@@ -205,10 +218,15 @@ def plot(groups: list[Group], out: Path) -> list[Path]:
     longest = max(g.epochs for g in groups)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.2, 3.2))
     for g in groups:
+        if any(h.source == g.source and h.tau == g.tau and h.epochs > g.epochs
+               and len(h.runs) == len(g.runs) for h in groups):
+            continue  # the same runs, cut shorter: the longer curve shows them
         frac = still_at_chance(g.escapes, g.epochs)
+        short = g.epochs < longest  # a shorter budget: its curve ends in a dot
         ax.step(np.arange(g.epochs + 1), frac, where="post", ls=g.source.style,
-                color=color[g.tau], label=f"τ={g.tau:g}, {g.source.label}, {len(g.runs)} runs"
-                + ("" if g.epochs == longest else f", {g.epochs} epoch{'s' * (g.epochs != 1)}"))
+                color=color[g.tau], marker="o", markevery=[g.epochs] if short else [], ms=4,
+                label=f"τ={g.tau:g}, {g.source.label}, {len(g.runs)} runs"
+                + (f", {g.epochs} epoch{'s' * (g.epochs != 1)}" if short else ""))
         for stuck, ls in ((True, "-"), (False, "-.")):
             runs = [r for r, e in zip(g.runs, g.escapes, strict=True) if (e is None) == stuck]
             scales = [[_last_layer_scale(row) for row in r.rows] for r in runs]
