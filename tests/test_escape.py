@@ -25,6 +25,10 @@ def test_wilson_interval_matches_published_values(kn, expected):
     assert np.allclose(wilson_interval(*kn), expected, atol=5e-5)
 
 
+def test_wilson_interval_ends_exactly_at_0_and_1():
+    assert wilson_interval(0, 12)[0] == 0.0 and wilson_interval(12, 12)[1] == 1.0
+
+
 def _rows(accs: list[float], probe: bool = False) -> list[dict]:
     return [{"epoch": e, "test_acc": a, **({"probe": {"out_scale_1": 2.0, "out_scale_3": 1.0 + e}}
                                           if probe else {})} for e, a in enumerate(accs)]
