@@ -95,12 +95,14 @@ def add_output_flags(parser: argparse.ArgumentParser, seed: int, data_seed: int)
 
 
 def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epochs: int = 80,
-                       lr: float = 0.05) -> None:
+                       lr: float = 0.05, settings: tuple[str, ...] | None = None) -> None:
     """The flags of the MNIST training scripts: the authors' (--SETTING, --tau, --CUDA,
-    --save-checkpoint) with their defaults (as in the authors' code), then run and data management."""
+    --save-checkpoint) with their defaults (as in the authors' code), then run and data management.
+    ``settings`` narrows --SETTING's choices (default: every setting; the first is the default)."""
     from utils.analog_torch.presets import SETTINGS
 
-    parser.add_argument("--SETTING", choices=SETTINGS, default=SETTINGS[0],
+    settings = settings or SETTINGS
+    parser.add_argument("--SETTING", choices=settings, default=settings[0],
                         help="training algorithm (default: %(default)s)")
     parser.add_argument("--tau", type=positive_float, nargs="+", default=[1.0],
                         help="device bound τ: weights live in [-τ, τ]; ignored by FP SGD "

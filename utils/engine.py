@@ -51,6 +51,9 @@ LR_GAMMA = 0.1   # lr decay factor
 EVAL_BATCH = 1000  # test images per forward pass (any size gives the same numbers)
 MAY_CHANGE_ON_RESUME = ("epochs", "threads", "device", "save_checkpoint")
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Probe = Callable[[nn.Module], list[dict[str, float]]]
+"""Extra per-run scalars of a batched model, read after every epoch's evaluation: one dict per run,
+recorded as that epoch's ``probe`` in metrics.jsonl (e.g. utils.escape.probe_tiles)."""
 
 
 # The TensorBoard tag of each metrics.jsonl field, stable across releases; a field not named here
@@ -61,11 +64,14 @@ TENSORBOARD_TAGS = {"train_loss": "Loss/train", "test_loss": "Loss/test", "test_
 
 def tensorboard_scalars(row: dict[str, Any]) -> dict[str, float]:
     """The scalars of one metrics.jsonl row under their TensorBoard tags: every number but the epoch
-    (the step), each group's lr as State/lr/<group>; None (epoch 0's train loss) is left out."""
+    (the step), each group's lr as State/lr/<group>, each probe value as Probe/<name>; None (epoch
+    0's train loss) is left out."""
     scalars = {}
     for key, value in row.items():
         if key == "group_lr":
             scalars.update({f"State/lr/{name}": lr for name, lr in value.items()})
+        elif key == "probe":
+            scalars.update({f"Probe/{name}": v for name, v in value.items()})
         elif key != "epoch" and isinstance(value, int | float):
             scalars[TENSORBOARD_TAGS.get(key, key)] = float(value)
     return scalars
@@ -356,13 +362,14 @@ def evaluate_runs(model: nn.Module, batches: Iterable, runs: int) -> tuple[Tenso
 def train_runs(folders: list[Path], build_model: Callable[[list[int]], nn.Module],
                train_loaders: list, test_loader, *, lr: float, epochs: int, seeds: list[int],
                device: torch.device, records: list[dict[str, Any]],
-               save_model: bool = False) -> list[list[dict[str, Any]]]:
+               save_model: bool = False, probe: Probe | None = None) -> list[list[dict[str, Any]]]:
     """Train run r of ``folders`` … as one batched model (the torch backend) and return each
     run's metrics. ``build_model(indices)`` builds the batched model of those runs with their
     initial weights; run r reads ``train_loaders[r]`` (its own seed's order). Each folder gets the
     same files as :func:`train`, its checkpoint holding that run alone (a run can resume in another
     batch, or alone). Runs already finished are skipped; the others are grouped by the epoch they
-    resume after, one batched model per group."""
+    resume after, one batched model per group. ``probe(model)``, if given, adds its per-run scalars
+    to every epoch's line."""
     configs = [{**record, "lr": lr, "epochs": epochs, "seed": seed, "lr_step": LR_STEP,
                 "lr_gamma": LR_GAMMA, "batch_size": loader.batch_size,
                 "eval_batch_size": test_loader.batch_size, "loss": "nll_loss",
@@ -384,7 +391,7 @@ def train_runs(folders: list[Path], build_model: Callable[[list[int]], nn.Module
                                [configs[r] for r in indices], build_model,
                                [train_loaders[r] for r in indices], test_loader, lr=lr,
                                epochs=epochs, seed=seeds[indices[0]], device=device,
-                               save_model=save_model)
+                               save_model=save_model, probe=probe)
         for r, m in zip(indices, metrics, strict=True):
             results[r] = m
     return results
@@ -393,7 +400,7 @@ def train_runs(folders: list[Path], build_model: Callable[[list[int]], nn.Module
 def _train_group(indices: list[int], folders: list[Path], states: list[RunState],
                  configs: list[dict[str, Any]], build_model, loaders, test_loader, *, lr: float,
                  epochs: int, seed: int, device: torch.device,
-                 save_model: bool) -> list[list[dict[str, Any]]]:
+                 save_model: bool, probe: Probe | None = None) -> list[list[dict[str, Any]]]:
     from torch.utils.tensorboard import SummaryWriter
 
     from utils.analog_torch.nn import AnalogSGD, batched_loss, run_state, stack_states
@@ -423,12 +430,15 @@ def _train_group(indices: list[int], folders: list[Path], states: list[RunState]
 
     def finish_epoch(epoch: int, train_loss: Tensor | None, lr_used: float, t0: float) -> None:
         test_loss, test_acc = evaluate_runs(model, test_loader, runs)
+        extra = probe(model) if probe is not None else None
         state = model.state_dict()
         seconds = round(time.perf_counter() - t0, 3)
         for i, folder in enumerate(folders):
             loss_i = None if train_loss is None else float(train_loss[i])
             row = {"epoch": epoch, "train_loss": loss_i, "test_loss": float(test_loss[i]),
                    "test_acc": float(test_acc[i]), "lr": lr_used, "time_s": seconds}
+            if extra is not None:
+                row["probe"] = extra[i]
             metrics[i].append(row)
             atomic_write_bytes(folder / "metrics.jsonl",
                                "".join(json.dumps(m) + "\n" for m in metrics[i]).encode())
@@ -496,15 +506,20 @@ def backend_suffix(backend: str = "aihwkit", update_mode: str = "moment", noise_
 
 
 def experiment_name(network: str, backend: str = "aihwkit", update_mode: str = "moment",
-                    noise_list: int = 0, reseed_every: int = 0) -> str:
-    """The runs/ subfolder of an MNIST network: "MNIST-FCN", "MNIST-FCN-torch", "MNIST-FCN-torch-pulse"."""
-    return f"MNIST-{network}{backend_suffix(backend, update_mode, noise_list, reseed_every)}"
+                    noise_list: int = 0, reseed_every: int = 0, study: str = "") -> str:
+    """The runs/ subfolder of an MNIST network: "MNIST-FCN", "MNIST-FCN-torch", "MNIST-FCN-torch-pulse";
+    a ``study`` (S4.3's "escape") keeps its runs apart: "MNIST-FCN-escape-torch-pulse"."""
+    return (f"MNIST-{network}{'-' + study if study else ''}"
+            f"{backend_suffix(backend, update_mode, noise_list, reseed_every)}")
 
 
-def train_mnist(args: argparse.Namespace, network: str) -> None:
+def train_mnist(args: argparse.Namespace, network: str, *, study: str = "",
+                out_scaling: bool = True, probe: Probe | None = None) -> None:
     """S4.1 / S4.2: validate the flags, load MNIST, train every (τ, seed) of the flags: one run
     after the other with AIHWKit, as one batched model with the torch backend. Every check that
-    can fail runs before a run folder is touched."""
+    can fail runs before a run folder is touched. S4.3 adds a ``study`` name to the experiment
+    folder, may turn the tiles' learnable output scaling off (``out_scaling``) and records a
+    ``probe`` (torch backend only) per epoch."""
     from utils.cli import torch_device
     from utils.data import TensorLoader, load_mnist
 
@@ -535,6 +550,9 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
 
         configs = [rpu_config(args.SETTING, tau or 1.0) for tau, _ in grid]
         builder = {"FCN": models.build_fcn, "CNN": models.build_cnn}[network]
+    if not out_scaling:
+        for config in configs:
+            config.mapping.learn_out_scaling = False
     data = load_mnist(args.data_root, download=not args.no_download)
     train_set = data.train
     if args.train_subset is not None:
@@ -543,7 +561,7 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
                             "training images")
         train_set = train_set.head(args.train_subset)
     experiment = experiment_name(network, args.backend, args.update_mode, args.noise_list,
-                                 args.reseed_noise_every)
+                                 args.reseed_noise_every, study)
     records = []
     for (tau, _), config in zip(grid, configs, strict=True):
         record = {"experiment": experiment, "model": builder.__name__, "setting": args.SETTING,
@@ -571,7 +589,7 @@ def train_mnist(args: argparse.Namespace, network: str) -> None:
         train_runs(folders, lambda idx: builder([configs[i] for i in idx],
                                                 [grid[i][1] for i in idx], args.update_mode),
                    loaders, test, lr=args.lr, epochs=args.epochs, seeds=[s for _, s in grid],
-                   device=device, records=records, save_model=args.save_checkpoint)
+                   device=device, records=records, save_model=args.save_checkpoint, probe=probe)
         return
     make_optimizer = (_reseeding_analog_sgd(args.reseed_noise_every, args.lr)
                       if args.reseed_noise_every else None)
