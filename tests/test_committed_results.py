@@ -39,8 +39,6 @@ NOT_FROM_RECORDS = {
     "bench_backends_fcn_cpu.md": "a speed measurement (benchmarks/), not a run record",
     "bench_backends_cnn_cuda.md": "a speed measurement on a GPU (benchmarks/gpu_check.sh)",
     "bench_backends_fcn_cuda.md": "a speed measurement on a GPU (benchmarks/gpu_check.sh)",
-    "amd_epyc/bench_backends_cnn_cpu.md": "a speed measurement on another machine (benchmarks/)",
-    "amd_epyc/bench_backends_fcn_cpu.md": "a speed measurement on another machine (benchmarks/)",
 }
 
 

@@ -10,7 +10,6 @@ This module imports torch-free Python only; AIHWKit is imported inside :func:`fr
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,25 +140,6 @@ class UnitCellRPUConfig:
 
 
 RPUConfig = FloatingPointRPUConfig | SingleRPUConfig | UnitCellRPUConfig
-
-
-def pulsed_device(config: RPUConfig) -> SoftBoundsReferenceDevice | None:
-    """The soft-bounds device of a config (A's for Tiki-Taka), or None for floating point."""
-    if isinstance(config, SingleRPUConfig):
-        return config.device
-    if isinstance(config, UnitCellRPUConfig):
-        return config.device.unit_cell_devices[0]
-    return None
-
-
-def with_bounds(config: RPUConfig, tau: float) -> RPUConfig:
-    """A copy of ``config`` whose devices are bounded by ±tau."""
-    config = copy.deepcopy(config)
-    devices = ([config.device] if isinstance(config, SingleRPUConfig) else
-               config.device.unit_cell_devices if isinstance(config, UnitCellRPUConfig) else [])
-    for device in devices:
-        device.w_max, device.w_min = tau, -tau
-    return config
 
 
 # --- conversion from AIHWKit -----------------------------------------------------------------------

@@ -217,11 +217,6 @@ def batched_loss(log_probs: Tensor, target: Tensor, runs: int) -> Tensor:
     return F.nll_loss(log_probs, target) * runs
 
 
-def per_run_loss(log_probs: Tensor, target: Tensor, runs: int) -> Tensor:
-    """(R,) mean NLL of each run."""
-    return F.nll_loss(log_probs, target, reduction="none").view(runs, -1).mean(dim=1)
-
-
 # --- the optimizer ------------------------------------------------------------------------------------
 
 class AnalogSGD(Optimizer):
