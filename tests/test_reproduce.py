@@ -290,8 +290,8 @@ def test_report_from_fixture_results_names_what_is_missing(tmp_path):
     assert not any(m.startswith("Figure 1 ") for m in missing)
 
 
-def test_readme_has_the_deviations_table_the_report_copies():
-    text = deviations(REPO / "README.md")
+def test_docs_have_the_deviations_table_the_report_copies():
+    text = deviations(REPO / "docs" / "deviations.md")
     assert text and "| # | Where |" in text
 
 

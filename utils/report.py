@@ -1,7 +1,7 @@
 """REPRODUCTION.md: every figure and table of the paper beside ours, from results only.
 
-Reads a results root (``<out>/figures``, ``<out>/tables``, ``<out>/runs``) and README.md; never
-trains or draws. For each paper item it gives the paper's result, our figure and table, and the
+Reads a results root (``<out>/figures``, ``<out>/tables``, ``<out>/runs``) and docs/deviations.md;
+never trains or draws. For each paper item it gives the paper's result, our figure and table, and the
 budget (steps or epochs, seeds, training images), hardware (config.json's device, threads and
 environment) and wall time (config.json's wall_time_s, or the sum of metrics.jsonl's time_s) behind
 ours. Anything absent is named as missing, with the command that makes it.
@@ -51,7 +51,7 @@ ITEMS = (
          "python S2-dynamic-verification.py"),
     Item("Figure 4 (left): the error floor against τ",
          "The error shrinks as τ grows (τ ∈ {2, …, 50}); large τ approaches digital SGD. (The "
-         "authors' script for this panel is a copy of Figure 3's; ours is README deviation 6.)",
+         "authors' script for this panel is a copy of Figure 3's; ours is deviation 6 below.)",
          ("fig4a_ablation_tau",), ("fig4a_ablation_tau.md",), "least_squares:S3.1-ablation-tau",
          "python S3.1-ablation-tau.py"),
     Item("Figure 4 (middle): the error against the noise variance σ²",
@@ -297,10 +297,13 @@ def _shown(path: Path) -> str:
     return (path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path).as_posix()
 
 
-def deviations(readme: Path) -> str | None:
-    """README's "Deviations" section (its text up to the next heading of the same level)."""
+DEVIATIONS = REPO_ROOT / "docs" / "deviations.md"
+
+
+def deviations(source: Path) -> str | None:
+    """The "Deviations" section of ``source`` (its text up to the next heading of the same level)."""
     try:
-        text = Path(readme).read_text()
+        text = Path(source).read_text()
     except OSError:
         return None
     lines = text.splitlines()
@@ -365,16 +368,16 @@ def section(item: Item, root: Path, where: Path, missing: dict[str, list[str]]) 
     return out + [""]
 
 
-def render(root: Path, where: Path, readme: Path = REPO_ROOT / "README.md") -> tuple[str, list[str]]:
+def render(root: Path, where: Path, source: Path = DEVIATIONS) -> tuple[str, list[str]]:
     """The report's text for results root ``root`` placed in folder ``where``, and what is missing."""
     root, gone, body = Path(root), {}, []
     for item in ITEMS:
         body += section(item, root, where, gone)
-    devs = deviations(readme)
-    body += ["## Deviations from the authors' code (copied from README.md)", ""]
+    devs, shown = deviations(source), _rel(source, where)
+    body += [f"## Deviations from the authors' code (copied from {shown})", ""]
     if devs is None:
-        body += [f"**missing:** no \"Deviations\" section in `{_rel(readme, where)}`", ""]
-        gone["README.md"] = ["its Deviations section"]
+        body += [f"**missing:** no \"Deviations\" section in `{shown}`", ""]
+        gone[shown] = ["its Deviations section"]
     else:
         body += [devs, ""]
     missing = [f"{name} ({', '.join(what)})" for name, what in gone.items() if what]
@@ -395,9 +398,9 @@ def render(root: Path, where: Path, readme: Path = REPO_ROOT / "README.md") -> t
     return "\n".join(head + body).rstrip() + "\n", missing
 
 
-def write_report(root: Path, path: Path, readme: Path = REPO_ROOT / "README.md") -> list[str]:
+def write_report(root: Path, path: Path, source: Path = DEVIATIONS) -> list[str]:
     """Write the report for results root ``root`` to ``path``; returns what is missing."""
     path = Path(path)
-    text, missing = render(root, path.parent, readme)
+    text, missing = render(root, path.parent, source)
     atomic_write_bytes(path, text.encode())
     return missing
