@@ -1,5 +1,5 @@
-"""The state of the CNN's Tiki-Taka convolutions in finished runs of either backend (README,
-"AIHWKit's CPU noise").
+"""The state of the CNN's Tiki-Taka convolutions in finished runs of either backend
+(docs/aihwkit_cpu_noise.md).
 
     python benchmarks/cnn_tile_state.py RUN_FOLDER [RUN_FOLDER ...]
 

@@ -1,5 +1,5 @@
 """The mean of the read noise, per tile: AIHWKit's CPU simulator against the torch backend (the
-numbers of README's "AIHWKit's CPU noise").
+numbers of docs/aihwkit_cpu_noise.md).
 
     python benchmarks/cpu_noise_bias.py [--tiles 6] [--repeats 100]
 

@@ -936,7 +936,7 @@ def test_a12_trains_with_the_torch_backend(tmp_path):
 def test_s2_with_the_torch_backend_tracks_like_aihwkit(tmp_path):
     """Figure 3's pulsed curve by the torch backend: with the variance-matched weight noise the
     plateau sits several times above the dynamic's, with the authors' noise near it, as with
-    AIHWKit (README: ratios 6.9–13.4 and 0.5–1.3 at the full budget)."""
+    AIHWKit (results/tables/fig3_tracking_torch.md: ratios 6.8–13.0 and 0.5–1.3 at the full budget)."""
     cmd = [sys.executable, "S2-dynamic-verification.py", "--backend", "torch", "--tau", "1.5",
            "--steps", "600", "--out", str(tmp_path)]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

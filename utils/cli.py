@@ -121,13 +121,13 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
     parser.add_argument("--noise-list", type=nonneg_int, default=0, metavar="N",
                         help="torch backend only: draw the read noise of each tile from a fixed "
                              "list of N Gaussian numbers, as AIHWKit's CPU simulator does (N = "
-                             "32768); its mean then biases every read (README, \"AIHWKit's CPU "
-                             "noise\"). 0: fresh numbers on every read, as AIHWKit on a GPU "
+                             "32768); its mean then biases every read (docs/aihwkit_cpu_noise.md). "
+                             "0: fresh numbers on every read, as AIHWKit on a GPU "
                              "(default: %(default)s). Runs go to MNIST-<NET>-torch-list<N>/")
     parser.add_argument("--reseed-noise-every", type=nonneg_int, default=0, metavar="K",
                         help="AIHWKit on the CPU only: every K training steps give each tile a new "
-                             "random generator, so the mean its read noise keeps (README, "
-                             "\"AIHWKit's CPU noise\") changes; ≈ 60 ms per reseed of the CNN's "
+                             "random generator, so the mean its read noise keeps (docs/"
+                             "aihwkit_cpu_noise.md) changes; ≈ 60 ms per reseed of the CNN's "
                              "tiles. 0: never, AIHWKit as it is (default: %(default)s). Runs go to "
                              "MNIST-<NET>-reseed<K>/")
     parser.add_argument("--epochs", type=positive_int, default=epochs,
@@ -169,7 +169,7 @@ def add_backend_flags(parser: argparse.ArgumentParser, backend_help: str,
                              "matrix products, on every device (default); pulse = every pulse "
                              "train drawn, exact coincidence counts, only the devices that got a "
                              "pulse touched (on a CPU with the C++ kernels: pulse by pulse, as "
-                             "AIHWKit; the faster mode there, see README 'Speed')")
+                             "AIHWKit; the faster mode there, see benchmarks/README.md)")
     if compile_flag:
         parser.add_argument("--no-compile", action="store_true",
                             help="torch backend only: run without the C++ kernels of a CPU "

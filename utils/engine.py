@@ -16,7 +16,7 @@ Every file is written atomically after every epoch; rerunning the same command r
 last finished epoch, or only reports a finished run. Settings other than the number of epochs, the
 threads, the device and --save-checkpoint must match the run already in the folder.
 
-Deviations from the authors' loop (README "Deviations"): the test loss is the mean per-image loss
+Deviations from the authors' loop (docs/deviations.md): the test loss is the mean per-image loss
 (theirs summed per-batch means and divided by the number of images, i.e. also by the batch size);
 State/lr is the lr used in the epoch (theirs: the lr after the scheduler step, i.e. the next one).
 
@@ -295,7 +295,7 @@ def _analog_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 def reseed_aihwkit_tiles(model: nn.Module) -> None:
     """Give every AIHWKit tile of ``model`` a new random generator, so the mean its read noise
-    keeps changes (README, "AIHWKit's CPU noise"). The simulator tile is rebuilt from the tile's
+    keeps changes (docs/aihwkit_cpu_noise.md). The simulator tile is rebuilt from the tile's
     state (a copy of the C++ object alone would keep its seed, hence its list of Gaussian numbers):
     weights, devices, learning rate and Tiki-Taka's transfer position carry over, and the hidden
     parameters are set again because rebuilding zeroes A (as loading a state does, Deviation 18)."""

@@ -1,7 +1,7 @@
 """Table 2: ImageNet-pretrained ResNets fine-tuned on CIFAR-10 with only the classifier analog (the
 authors' A12-resnet-finetune.py), through the one training loop of utils.engine.
 
-Settings (as in the authors' code unless README's "Deviations" says otherwise): torchvision's
+Settings (as in the authors' code unless docs/deviations.md says otherwise): torchvision's
 IMAGENET1K_V1 weights; ``fc`` replaced by ``AnalogLinear(num_ftrs, 10)`` on the τ-bounded
 soft-bounds device with Δw_min = τ/600; AnalogSGD without momentum or weight decay; base lr 0.15
 for FP SGD and 0.075 for Analog SGD / TT-v1 (Tiki-Taka's fast array at 0.01, not scheduled);

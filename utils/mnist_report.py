@@ -286,7 +286,7 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
     curves, missing = load_panel(args.runs, network, taus, backend)
     if not curves:
         cli.fail(f"no MNIST-{network}{backend} runs under {args.runs / 'runs'}; train them first "
-                 f"(README, Figure 5) or point --runs at their folder")
+                 f"(docs/results.md, Figure 5) or point --runs at their folder")
     for name in missing:
         print(f"missing run: {name} (not drawn)")
     plot_panel(network, curves, taus, args.out, args.smoothing, backend)

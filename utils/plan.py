@@ -12,7 +12,7 @@ figure/table steps that read them. Each run's status is read from its run folder
 Figure/table steps are always redrawn after the runs (they take seconds).
 
 Budgets: ``paper`` is each script's default protocol (what produced the published numbers, see
-README); ``smoke`` runs every script with a tiny budget into its own results root, to check a
+docs/results.md); ``smoke`` runs every script with a tiny budget into its own results root, to check a
 machine end to end in minutes (its numbers mean nothing).
 """
 

@@ -366,7 +366,7 @@ def set_noise_list(size: int) -> None:
     random from a list of ``size`` standard normal numbers drawn once per tile (and run). That
     tile's noise then keeps the list's sample mean, ≈ N(0, 1/size), on every read of the whole run:
     ±0.55 % of the noise's std at 32,768, the same sign everywhere. Summed over the patches of a
-    convolution this is a systematic error (see README, "AIHWKit's CPU noise")."""
+    convolution this is a systematic error (docs/aihwkit_cpu_noise.md)."""
     if size < 0:
         raise ValueError(f"the noise list's size must be >= 0, got {size}")
     _NOISE_LIST["size"] = int(size)
