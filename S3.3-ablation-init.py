@@ -43,7 +43,7 @@ DEFAULTS = dict(constants=[1e3, 1e2, 1e1, 1.0, 1e-2], warm=[10, 20, 30], lr=0.1,
 
 def parse_args(argv: list[str] | None = None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--init-constant", type=float, nargs="+", default=DEFAULTS["constants"],
+    p.add_argument("--init-constant", type=cli.finite_float, nargs="+", default=DEFAULTS["constants"],
                    help="constant starting values of weights and bias (default: %(default)s)")
     p.add_argument("--warm-start", type=cli.nonneg_int, nargs="+", default=DEFAULTS["warm"],
                    help="numbers of digital GD steps (lr = --lr) for warm starts (default: "

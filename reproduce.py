@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", choices=list(BUDGETS), default="paper",
                    help="paper: each script's defaults, the published protocol; smoke: tiny budgets "
                         "(default: %(default)s)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=cli.out_dir, default=None,
                    help="results root: runs, figures, tables and logs go under it (default: "
                         "results for --budget paper, results/smoke for smoke)")
     p.add_argument("--data-root", type=Path, default=Path("data"),

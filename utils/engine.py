@@ -44,7 +44,7 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm import tqdm
 
 from utils.cli import UserError
-from utils.results import atomic_write_bytes, environment, read_json, write_json
+from utils.results import atomic_write_bytes, environment, read_json, write_json, write_jsonl
 
 LR_STEP = 35     # epochs between lr decays (as in the authors' code)
 LR_GAMMA = 0.1   # lr decay factor
@@ -237,8 +237,7 @@ def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test
         if group_lr:
             row["group_lr"] = group_lr
         metrics.append(row)
-        atomic_write_bytes(folder / "metrics.jsonl",
-                           "".join(json.dumps(m) + "\n" for m in metrics).encode())
+        write_jsonl(folder / "metrics.jsonl", metrics)
         scalars = {"Loss/test": test_loss, "Accuracy/test": test_acc}
         if train_loss is not None:
             scalars.update({"Loss/train": train_loss, "State/lr": lr_used})
@@ -416,8 +415,7 @@ def _train_group(indices: list[int], folders: list[Path], states: list[RunState]
             row = {"epoch": epoch, "train_loss": loss_i, "test_loss": float(test_loss[i]),
                    "test_acc": float(test_acc[i]), "lr": lr_used, "time_s": seconds}
             metrics[i].append(row)
-            atomic_write_bytes(folder / "metrics.jsonl",
-                               "".join(json.dumps(m) + "\n" for m in metrics[i]).encode())
+            write_jsonl(folder / "metrics.jsonl", metrics[i])
             scalars = {"Loss/test": row["test_loss"], "Accuracy/test": row["test_acc"]}
             if loss_i is not None:
                 scalars.update({"Loss/train": loss_i, "State/lr": lr_used})

