@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from utils import cli
-from utils.results import REPO_ROOT
+from utils.results import REPO_ROOT, lock_run_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_plan(steps))
     if args.dry_run:
         return 0
+    try:  # one reproduce.py per results root (each run folder is locked by its script too)
+        lock_run_folder(REPO_ROOT / args.out)
+    except cli.UserError as err:
+        cli.fail(str(err))
 
     runs = [s for s in steps if s.kind == "run"]
     prepare_data(runs, budget, args)

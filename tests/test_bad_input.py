@@ -5,8 +5,10 @@ folder, clean shutdown, the kernel build. In-process where a subprocess adds not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -106,3 +108,51 @@ def test_an_unusable_out_is_refused_in_one_line(capsys, tmp_path):
                               ["--out", str(out), "--no-download", "--data-root", str(tmp_path)])
         assert "--out" in err, err
     assert a_file.read_text() == "" and not list(locked.iterdir())
+
+
+# --- one writer per run folder ----------------------------------------------------------------
+
+@contextlib.contextmanager
+def held(folder: Path):
+    """Another process holding ``folder``'s run lock; yields its PID."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                               "from utils.results import lock_run_folder as l; l(sys.argv[2]);"
+                               "print('locked', flush=True); time.sleep(60)", str(ROOT), str(folder)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    """The lock is the kernel's: held by a live process, refused to this one with its PID; gone
+    when that process dies. A temporary file left by a killed atomic write is cleaned up."""
+    from utils.results import lock_run_folder
+
+    folder = tmp_path / "run"
+    with held(folder) as pid, pytest.raises(cli.UserError, match=f"PID {pid}"):
+        lock_run_folder(folder)
+    (folder / ".config.json.x1.tmp").write_text("torn")
+    lock_run_folder(folder)  # the dead holder left no stale lock
+    assert not list(folder.glob("*.tmp"))
+
+
+def test_training_and_least_squares_take_the_lock(capsys, tmp_path):
+    from utils.engine import mnist_main
+
+    with held(tmp_path / "runs" / "MNIST-FCN" / "FP SGD" / "seed0") as pid:
+        err = one_line_exit_2(capsys, mnist_main, None, "FCN", 64,
+                              ["--SETTING", "FP SGD", "--epochs", "1", "--train-subset", "64",
+                               "--out", str(tmp_path)])
+    assert f"PID {pid}" in err
+    s32 = runpy.run_path(str(ROOT / "S3.2-ablation-sigma.py"))
+    argv = ["--steps", "3", "--sigma2", "0.1", "--out", str(tmp_path)]
+    args = s32["parse_args"](argv)
+    run = s32["RunFolder"].from_args(args, "S3.2-ablation-sigma",
+                                     ignore=s32["pulsed_simulator"](args).ignore)
+    with held(run.path) as pid:
+        err = one_line_exit_2(capsys, s32["main"], argv)
+    assert f"PID {pid}" in err and not run.done

@@ -44,7 +44,14 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm import tqdm
 
 from utils.cli import UserError
-from utils.results import atomic_write_bytes, environment, read_json, write_json, write_jsonl
+from utils.results import (
+    atomic_write_bytes,
+    environment,
+    lock_run_folder,
+    read_json,
+    write_json,
+    write_jsonl,
+)
 
 LR_STEP = 35     # epochs between lr decays (as in the authors' code)
 LR_GAMMA = 0.1   # lr decay factor
@@ -197,6 +204,7 @@ def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test
               "eval_batch_size": test_loader.batch_size, "loss": loss_fn.__name__,
               "device": str(device), "threads": torch.get_num_threads(),
               "save_checkpoint": save_model}
+    lock_run_folder(folder)
     state = RunState(folder, config, may_change)
     if state.epoch >= epochs:
         print(f"{folder}: finished ({state.epoch} epochs); nothing to do")
@@ -354,6 +362,8 @@ def train_runs(folders: list[Path], build_model: Callable[[list[int]], nn.Module
                 "device": str(device), "threads": torch.get_num_threads(),
                 "save_checkpoint": save_model}
                for record, seed, loader in zip(records, seeds, train_loaders, strict=True)]
+    for folder in folders:
+        lock_run_folder(folder)
     states = [RunState(f, c, ("batched_runs",)) for f, c in zip(folders, configs, strict=True)]
     results: list[list[dict[str, Any]]] = [s.metrics for s in states]
     groups: dict[int, list[int]] = {}

@@ -9,6 +9,7 @@ half-written result behind.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -21,6 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from utils.cli import UserError, fail
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
@@ -42,6 +45,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+LOCK_FILE = ".lock"
+_HELD: dict[Path, int] = {}  # folder -> descriptor of its lock file, open until the process ends
+
+
+def lock_run_folder(folder: Path) -> None:
+    """Make this process the one writer of ``folder`` (created if missing) until it ends.
+
+    An OS lock (flock) on ``folder/.lock``, which holds the writer's PID: the kernel drops it when
+    the process dies, however it dies, so a killed run never leaves a stale lock. A second process
+    gets a UserError naming the holder. Temporary files that a kill left behind during an atomic
+    write are deleted (only the lock holder writes here, so none is in use)."""
+    folder = Path(folder).resolve()
+    if folder in _HELD:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{folder} is being written by another process (PID {holder}); wait for "
+                        "it to finish or stop it, then rerun") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[folder] = fd
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -140,7 +173,12 @@ class RunFolder:
         return read_json(self.results_path)
 
     def run_or_load(self, compute: Callable[[], dict[str, Any]], force: bool = False) -> dict[str, Any]:
-        """Return the finished results of this setting, computing and saving them first if needed."""
+        """Return the finished results of this setting, computing and saving them first if needed
+        (as the folder's one writer: a second process into it ends with one line, exit 2)."""
+        try:
+            lock_run_folder(self.path)
+        except UserError as err:
+            fail(str(err))
         if self.done and not force:
             print(f"reusing the finished run in {self.path} (--force recomputes)")
             return self.load()
