@@ -151,7 +151,10 @@ def write_report(args: argparse.Namespace) -> None:
     from utils.report import write_report as write
 
     path = report_path(args)
-    missing = write(REPO_ROOT / args.out, path)
+    try:
+        missing = write(REPO_ROOT / args.out, path)
+    except cli.UserError as err:  # a damaged run record
+        cli.fail(str(err))
     print(f"report: {path}" + (f" ({len(missing)} item(s) missing, named in it)" if missing else ""))
 
 

@@ -156,3 +156,54 @@ def test_training_and_least_squares_take_the_lock(capsys, tmp_path):
     with held(run.path) as pid:
         err = one_line_exit_2(capsys, s32["main"], argv)
     assert f"PID {pid}" in err and not run.done
+
+
+# --- damaged records --------------------------------------------------------------------------
+
+def torn_metrics(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    path = folder / "metrics.jsonl"
+    path.write_text('{"epoch": 0, "test_acc": 0.1}\n{"epoch": 1, "test_a')
+    return path
+
+
+def test_a_damaged_record_is_one_line_naming_file_line_and_remedy(tmp_path):
+    from utils.results import read_metrics, read_record
+
+    path = torn_metrics(tmp_path / "run")
+    with pytest.raises(cli.UserError, match=r"metrics.jsonl, line 2: .*delete the run folder"):
+        read_metrics(path)
+    for text, line in (('{\n "a": 1,\n', 3), ('{"loss": NaN}', 1), ("[1]", 1)):
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(cli.UserError, match=rf"config.json, line {line}: .*delete"):
+            read_record(tmp_path / "config.json")
+
+
+def test_every_consumer_turns_a_damaged_record_into_one_line(capsys, tmp_path):
+    """Resume, the plot and table scripts, the report and least-squares reuse."""
+    import torch
+
+    from utils.engine import RunState
+    from utils.mnist_report import plot_main
+    from utils.report import write_report
+
+    folder = tmp_path / "runs" / "MNIST-FCN" / "FP SGD" / "seed0"
+    torn_metrics(folder)
+    (folder / "config.json").write_text("{}")
+    torch.save({k: {} for k in ("model_state_dict", "optimizer_state_dict",
+                                "scheduler_state_dict")} | {"epoch": 1}, folder / "checkpoint.pt")
+    with pytest.raises(cli.UserError, match="metrics.jsonl, line 2"):
+        RunState(folder, {})
+    with pytest.raises(cli.UserError, match="metrics.jsonl, line 2"):
+        write_report(tmp_path, tmp_path / "REPORT.md")
+    err = one_line_exit_2(capsys, plot_main, "FCN", None,
+                          ["--runs", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "metrics.jsonl, line 2" in err
+    s32 = runpy.run_path(str(ROOT / "S3.2-ablation-sigma.py"))
+    argv = ["--steps", "3", "--sigma2", "0.1", "--out", str(tmp_path)]
+    args = s32["parse_args"](argv)
+    run = s32["RunFolder"].from_args(args, "S3.2-ablation-sigma",
+                                     ignore=s32["pulsed_simulator"](args).ignore)
+    run.path.mkdir(parents=True)
+    run.results_path.write_text('{"curves": {')
+    assert "curves.json, line 1" in one_line_exit_2(capsys, s32["main"], argv)

@@ -48,7 +48,8 @@ from utils.results import (
     atomic_write_bytes,
     environment,
     lock_run_folder,
-    read_json,
+    read_metrics,
+    read_record,
     write_json,
     write_jsonl,
 )
@@ -84,7 +85,7 @@ class RunState:
         self.folder = folder
         self.checkpoint: dict[str, Any] | None = None
         self.metrics: list[dict[str, Any]] = []
-        saved = self._read(folder / "config.json", read_json)
+        saved = read_record(folder / "config.json") if (folder / "config.json").is_file() else None
         if saved is not None:
             old, new = (_identity(saved, may_change), _identity(config, may_change))
             if old != new:
@@ -102,8 +103,8 @@ class RunState:
         if not isinstance(ckpt, dict) or not keys <= ckpt.keys():
             raise UserError(f"{path}: not a checkpoint of this project; delete it to restart")
         self.checkpoint = ckpt
-        lines = self._read(folder / "metrics.jsonl",
-                           lambda p: [json.loads(s) for s in p.read_text().splitlines()]) or []
+        metrics = folder / "metrics.jsonl"
+        lines = read_metrics(metrics) if metrics.is_file() else []
         self.metrics = [m for m in lines if m["epoch"] <= self.epoch]
         if [m["epoch"] for m in self.metrics] != list(range(self.epoch + 1)):
             raise UserError(f"{folder / 'metrics.jsonl'} lacks epochs 0..{self.epoch} of "

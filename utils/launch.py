@@ -23,7 +23,7 @@ from pathlib import Path
 import submitit
 
 from utils.plan import Step
-from utils.results import REPO_ROOT, read_json, write_json
+from utils.results import REPO_ROOT, read_record, write_json
 
 ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                        "RESIZING")
@@ -171,7 +171,7 @@ def run_slurm(steps: list[Step], log_dir: Path, executor, threads: int, gpus_per
     still pending or running (recorded in ``folder``/reproduce-jobs.json) are waited for, not
     submitted again."""
     jobs_file = Path(folder) / JOBS_FILE
-    recorded = read_json(jobs_file) if jobs_file.is_file() else {}
+    recorded = read_record(jobs_file) if jobs_file.is_file() else {}
     waiting: dict[str, object] = {}
     if executor.cluster == "slurm":
         for step in steps:

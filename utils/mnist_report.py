@@ -8,7 +8,6 @@ mean, and its ± the mean over those epochs of the per-epoch std.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 from utils import cli, results
 from utils.engine import backend_suffix, run_name
 from utils.plotting import ema, plt, save_figure
+from utils.results import read_metrics, read_record
 
 NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
 ANALOG = ("Analog SGD", "TT-v1")
@@ -73,10 +73,6 @@ class Curve:
         return float(self.mean[tail].mean()), float(self.std[tail].mean())
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def load_curve(root: Path, network: str, setting: str, tau: float | None,
                backend: str = "") -> Curve | None:
     """Aggregate every seed folder of one run; None if no seed has a metrics file. ``backend``
@@ -94,7 +90,7 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None,
             del per_seed[seed]
     common = longest
     config = folder / next(iter(per_seed)) / "config.json"
-    target = json.loads(config.read_text()).get("epochs") if config.is_file() else None
+    target = read_record(config).get("epochs") if config.is_file() else None
     acc = np.array([[100 * m["test_acc"] for m in v[:common]] for v in per_seed.values()])
     epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))[:common]])
     return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0),
@@ -219,6 +215,14 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
                              "backend's (MNIST-<NET>-torch[-pulse]); the figure and table names "
                              "get the suffix _torch[_pulse]", compile_flag=False)
     args = p.parse_args(argv)
+    try:
+        draw(args, network)
+    except cli.UserError as err:  # a damaged run record
+        cli.fail(str(err))
+
+
+def draw(args, network: str) -> None:
+    """The figure and the table of parsed flags ``args``."""
     taus = tuple(args.tau)
     backend = backend_suffix(args.backend, args.update_mode)
     curves, missing = load_panel(args.runs, network, taus, backend)

@@ -9,13 +9,12 @@ ours. Anything absent is named as missing, with the command that makes it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.results import REPO_ROOT, atomic_write_bytes
+from utils.results import REPO_ROOT, atomic_write_bytes, read_metrics, read_record
 
 PAPER_COMPUTE = ("The paper's runs: one NVIDIA RTX 3090 (24 GB), 30 min to 1 h per simulation "
                  "(its only runtime information); Figure 5: 3 runs each.")
@@ -85,17 +84,11 @@ ITEMS = (
 # --- reading run folders ------------------------------------------------------------------------
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_record(path) if Path(path).is_file() else {}
 
 
 def _metrics(path: Path) -> list[dict]:
-    try:
-        return [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
-    except (OSError, ValueError):
-        return []
+    return read_metrics(path) if Path(path).is_file() else []
 
 
 def duration(seconds: float) -> str:

@@ -89,8 +89,53 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode())
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+# --- the one reader per record type: config.json and curves.json (read_record), metrics.jsonl
+# (read_metrics). A damaged file is one line naming it, the line, and what to do.
+
+def _damaged(path: Path, line: int, why: str) -> UserError:
+    return UserError(f"{path}, line {line}: damaged record ({why}); delete the run folder "
+                     f"{path.parent} and rerun the command that wrote it (it recomputes the run)")
+
+
+def _refuse_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not strict JSON")
+
+
+def _text(path: Path) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise _damaged(Path(path), 1, " ".join(str(err).split())[:120]) from None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON object record (config.json, curves.json), strictly parsed."""
+    path = Path(path)
+    try:
+        record = json.loads(_text(path), parse_constant=_refuse_constant)
+    except json.JSONDecodeError as err:
+        raise _damaged(path, err.lineno, err.msg) from None
+    except ValueError as err:
+        raise _damaged(path, 1, str(err)) from None
+    if not isinstance(record, dict):
+        raise _damaged(path, 1, "not a JSON object")
+    return record
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl: one JSON object with an integer ``epoch`` per line."""
+    path, rows = Path(path), []
+    for number, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, parse_constant=_refuse_constant)
+        except ValueError as err:
+            raise _damaged(path, number, " ".join(str(err).split())[:120]) from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise _damaged(path, number, "not an epoch's row")
+        rows.append(row)
+    return rows
 
 
 def write_table(out: Path, name: str, header: list[str], rows: list[dict[str, Any]],
@@ -170,18 +215,18 @@ class RunFolder:
         write_json(self.results_path, results)
 
     def load(self) -> dict[str, Any]:
-        return read_json(self.results_path)
+        return read_record(self.results_path)
 
     def run_or_load(self, compute: Callable[[], dict[str, Any]], force: bool = False) -> dict[str, Any]:
         """Return the finished results of this setting, computing and saving them first if needed
         (as the folder's one writer: a second process into it ends with one line, exit 2)."""
         try:
             lock_run_folder(self.path)
+            if self.done and not force:
+                print(f"reusing the finished run in {self.path} (--force recomputes)")
+                return self.load()
         except UserError as err:
             fail(str(err))
-        if self.done and not force:
-            print(f"reusing the finished run in {self.path} (--force recomputes)")
-            return self.load()
         start = time.perf_counter()
         results = compute()
         self.save(results, wall_time_s=round(time.perf_counter() - start, 2))
