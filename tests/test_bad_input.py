@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import runpy
 import subprocess
@@ -207,3 +208,50 @@ def test_every_consumer_turns_a_damaged_record_into_one_line(capsys, tmp_path):
     run.path.mkdir(parents=True)
     run.results_path.write_text('{"curves": {')
     assert "curves.json, line 1" in one_line_exit_2(capsys, s32["main"], argv)
+
+
+# --- divergence is an outcome -----------------------------------------------------------------
+
+class Batches(list):
+    batch_size = 8
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+def test_a_diverging_run_is_recorded_as_diverged_and_not_trained_again(tmp_path, capsys):
+    import torch
+    from torch import nn
+
+    from utils.engine import train
+    from utils.mnist_report import load_curve
+    from utils.results import read_metrics, read_record
+
+    gen = torch.Generator().manual_seed(0)
+    data = Batches((torch.randn(8, 4, generator=gen), torch.randint(0, 3, (8,), generator=gen))
+                   for _ in range(4))
+    folder = tmp_path / "runs" / "MNIST-FCN" / "FP SGD" / "seed0"
+
+    def fit():
+        return train(folder, lambda: nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(1)), data, data,
+                     lr=1e38, epochs=3, seed=0, device=torch.device("cpu"), record={},
+                     make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=1e38))
+
+    fit()
+    assert "diverged in epoch 1" in capsys.readouterr().out
+    rows = read_metrics(folder / "metrics.jsonl")  # strict JSON: no NaN token
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["diverged"]
+    assert rows[-1]["test_acc"] is None
+    assert read_record(folder / "config.json")["diverged"] == {"epoch": 1}
+    fit()
+    assert "nothing to do" in capsys.readouterr().out
+    assert load_curve(tmp_path, "FCN", "FP SGD", None).outcome == "diverged (epoch 1)"
+
+
+def test_a_diverging_least_squares_curve_stops_and_is_labelled():
+    from utils.least_squares import diverged_note, make_problem, run_dynamic
+
+    curve = run_dynamic(make_problem("S1"), lambda ps: __import__("torch").optim.SGD(ps, lr=10.0), 200)
+    assert curve["diverged_step"] > 1 and len(curve["loss"]) == curve["diverged_step"]
+    assert all(map(math.isfinite, curve["loss"]))
+    assert diverged_note(curve) == f" (diverged at step {curve['diverged_step']})"

@@ -70,6 +70,9 @@ def load_runs(root: Path) -> list[Runs]:
     for (model_dir, fft, alg), seeds in grouped.items():
         per_seed = {name: read_metrics(folder / "metrics.jsonl") for name, folder in seeds.items()}
         per_seed = {k: v for k, v in per_seed.items() if v}
+        for seed in [k for k, v in per_seed.items() if v[-1].get("diverged")]:
+            print(f"{'/'.join([EXPERIMENT, model_dir, alg, seed])}: diverged in epoch "
+                  f"{per_seed.pop(seed)[-1]['epoch']}, left out")
         if not per_seed:
             continue
         longest = max(len(v) for v in per_seed.values())

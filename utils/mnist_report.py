@@ -8,7 +8,7 @@ mean, and its ± the mean over those epochs of the per-epoch std.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,16 @@ class Curve:
     mean: np.ndarray
     std: np.ndarray  # population std over seeds (0 for one seed)
     target_epochs: int | None = None  # the --epochs the runs were started with
+    diverged: dict[str, int] = field(default_factory=dict)  # seed -> the epoch it diverged in
+
+    @property
+    def outcome(self) -> str | None:
+        """"diverged (epoch 3)" when every seed diverged, "2 of 3 seeds diverged" when some did."""
+        if self.diverged and not self.seeds:
+            return f"diverged (epoch {min(self.diverged.values())})"
+        if self.diverged:
+            return f"{len(self.diverged)} of {len(self.diverged) + len(self.seeds)} seeds diverged"
+        return None
 
     @property
     def epochs_label(self) -> str:
@@ -82,6 +92,11 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None,
     per_seed = {k: v for k, v in per_seed.items() if v}
     if not per_seed:
         return None
+    diverged = {k: v[-1]["epoch"] for k, v in per_seed.items() if v[-1].get("diverged")}
+    per_seed = {k: v for k, v in per_seed.items() if k not in diverged}
+    if not per_seed:  # an outcome without a curve: drawn as nothing, tabled as diverged
+        empty = np.zeros(0)
+        return Curve([], empty, empty, empty, diverged=diverged)
     longest = max(len(v) for v in per_seed.values())
     for seed, rows in list(per_seed.items()):
         if len(rows) < longest:  # unfinished (or shorter) seeds would cut the others' curves short
@@ -94,7 +109,7 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None,
     acc = np.array([[100 * m["test_acc"] for m in v[:common]] for v in per_seed.values()])
     epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))[:common]])
     return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0),
-                 target_epochs=target)
+                 target_epochs=target, diverged=diverged)
 
 
 def load_panel(root: Path, network: str, taus: tuple[float, ...] | None = None, backend: str = ""
@@ -116,8 +131,12 @@ def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
     Runs shorter than SHORT epochs (reduced budgets) are drawn unsmoothed and without the zoom: an
     EMA over a handful of points mostly shows its own start-up."""
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    for key, curve in curves.items():
+        if curve.outcome:
+            print(f"{LABELS[key[0]]} τ={key[1]}: {curve.outcome}")
+    curves = {k: c for k, c in curves.items() if c.seeds}  # every seed diverged: nothing to draw
     styles = {"Analog SGD": ("--", "o"), "TT-v1": ("-", "^"), "FP SGD": ("-.", "s")}
-    last = max(c.epochs[-1] for c in curves.values())
+    last = max((c.epochs[-1] for c in curves.values()), default=0)
     short = last < SHORT
     if short:
         smoothing = 0.0
@@ -171,9 +190,12 @@ def table_rows(root: Path, backend: str = "") -> tuple[list[dict], list[str]]:
                    "paper": f"{paper[0]:.2f} ± {paper[1]:.2f}"}
             if curve is None:
                 row.update(ours="missing", seeds=0, epochs=0)
+            elif not curve.seeds:
+                row.update(ours=curve.outcome, seeds=len(curve.diverged), epochs=0)
             else:
                 mean, std = curve.summary()
-                row.update(ours=f"{mean:.2f} ± {std:.2f}", seeds=len(curve.seeds),
+                note = f" ({curve.outcome}, left out)" if curve.outcome else ""
+                row.update(ours=f"{mean:.2f} ± {std:.2f}{note}", seeds=len(curve.seeds),
                            epochs=curve.epochs_label)
             rows.append(row)
     return rows, missing

@@ -150,6 +150,8 @@ def training_status(folder: Path, epochs: int, checks: dict[str, object],
         if differ:
             return "skipped", (f"{folder} holds a run with other settings ({', '.join(differ)}); "
                                "use another --out")
+        if config.get("diverged"):  # an outcome: training it again would diverge again
+            return "done", f"diverged in epoch {config['diverged']['epoch']}"
     try:
         metrics = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
     except UserError:
