@@ -255,3 +255,31 @@ def test_a_diverging_least_squares_curve_stops_and_is_labelled():
     assert curve["diverged_step"] > 1 and len(curve["loss"]) == curve["diverged_step"]
     assert all(map(math.isfinite, curve["loss"]))
     assert diverged_note(curve) == f" (diverged at step {curve['diverged_step']})"
+
+
+@pytest.mark.parametrize("mode", ["moment", "pulse"])
+def test_a_large_step_keeps_soft_bounds_weights_finite_without_the_kernels(mode):
+    """At lr = 100 an FCN's backward gives gradients of ~1e-41 (denormal). The pulse scale
+    sqrt(lr/dw_min · x_max/d_max) is then ~1e22, finite, as the C++ kernels compute it (float64);
+    in float32 x_max/d_max overflowed to inf and 0·inf made the pulse probabilities, hence the
+    weights, NaN with --no-compile (tensor operations)."""
+    import torch
+
+    from utils.analog_torch.presets import rpu_config
+    from utils.analog_torch.tile import AnalogTile, pulse_probabilities, set_compile
+
+    set_compile(False)
+    torch.manual_seed(0)
+    x = torch.ones(1, 4, 6)
+    d = torch.zeros(1, 4, 3)
+    d[0, :, 0] = 3.15e-41
+    p, q, bl = pulse_probabilities(x, d, 100.0, torch.full((1, 1, 1), 1e-3), 31)
+    assert torch.isfinite(p).all() and torch.isfinite(q).all()
+    assert (q[..., 0] > 0).all() and (q[..., 1:] == 0).all()  # 0·(a finite scale) = 0
+    tile = AnalogTile(3, 6, [rpu_config("Analog SGD", 0.78)], update_mode=mode)
+    tile.set_weights(torch.full((1, 3, 6), 0.3))
+    tile.stash(x, d)
+    tile.apply_update(100.0)
+    weight = tile.weight
+    assert torch.isfinite(weight).all()
+    assert (weight <= tile.array.max_bound + 1e-6).all() and (weight >= tile.array.min_bound - 1e-6).all()
