@@ -283,3 +283,17 @@ def test_a_large_step_keeps_soft_bounds_weights_finite_without_the_kernels(mode)
     weight = tile.weight
     assert torch.isfinite(weight).all()
     assert (weight <= tile.array.max_bound + 1e-6).all() and (weight >= tile.array.min_bound - 1e-6).all()
+
+
+# --- resume by content ------------------------------------------------------------------------
+
+def test_a_run_resumes_from_the_same_data_elsewhere_and_refuses_other_data(tmp_path):
+    from utils.engine import RunState
+    from utils.results import write_json
+
+    data = {"folder": "data/MNIST/raw", "md5": {"train": "aa"}, "n_train": 60000}
+    write_json(tmp_path / "config.json", {"setting": "FP SGD", "data": data})
+    moved = {**data, "folder": "/elsewhere/MNIST/raw"}
+    RunState(tmp_path, {"setting": "FP SGD", "data": moved})  # same files, another path: resumes
+    with pytest.raises(cli.UserError, match="data differs|data:"):
+        RunState(tmp_path, {"setting": "FP SGD", "data": {**moved, "md5": {"train": "bb"}}})

@@ -140,7 +140,13 @@ def _change(key: str, old: Any, new: Any) -> str:
 
 def _identity(config: dict[str, Any], may_change: Iterable[str] = ()) -> dict[str, Any]:
     ignore = {*MAY_CHANGE_ON_RESUME, *may_change, "environment", "diverged"}
-    return {k: v for k, v in _jsonable(config).items() if k not in ignore}
+    identity = {k: v for k, v in _jsonable(config).items() if k not in ignore}
+    # data and weights are their checksums, wherever they lie and whatever the working directory
+    if isinstance(identity.get("data"), dict):
+        identity["data"] = {k: v for k, v in identity["data"].items() if k != "folder"}
+    if identity.get("weights_sha256"):
+        identity.pop("weights_file", None)
+    return identity
 
 
 def load_model_state(model: nn.Module, state_dict: dict[str, Any]) -> None:
