@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -261,8 +262,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from utils.launch import Interrupted
+
     try:
         sys.exit(main())
+    except Interrupted as stop:
+        steps = f": stopped {', '.join(stop.steps)}" if stop.steps else ""
+        print(f"interrupted ({signal.Signals(stop.signum).name}){steps}; run the same command "
+              "again to resume", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

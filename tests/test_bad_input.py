@@ -297,3 +297,35 @@ def test_a_run_resumes_from_the_same_data_elsewhere_and_refuses_other_data(tmp_p
     RunState(tmp_path, {"setting": "FP SGD", "data": moved})  # same files, another path: resumes
     with pytest.raises(cli.UserError, match="data differs|data:"):
         RunState(tmp_path, {"setting": "FP SGD", "data": {**moved, "md5": {"train": "bb"}}})
+
+
+# --- clean shutdown of reproduce.py -----------------------------------------------------------
+
+def test_sigterm_stops_the_running_steps_process_groups_and_names_them(tmp_path, capsys):
+    import signal
+    import threading
+    import time
+
+    from utils.launch import Interrupted, run_local
+    from utils.plan import Step
+
+    code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)']); print('sp' + 'awned', c.pid, flush=True); time.sleep(60)")
+    steps = [Step("S1-SGD-diff-lr", "-c", [code])]
+    log = tmp_path / "S1-SGD-diff-lr.log"
+
+    def send_sigterm():
+        while "spawned" not in (log.read_text() if log.is_file() else ""):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=send_sigterm, daemon=True).start()
+    with pytest.raises(Interrupted) as stop:
+        run_local(steps, tmp_path)
+    assert stop.value.steps == ["S1-SGD-diff-lr"] and stop.value.signum == signal.SIGTERM
+    assert "FAILED" not in capsys.readouterr().out
+    grandchild = int(log.read_text().split("spawned")[1].split()[0])
+    time.sleep(0.2)
+    stat = Path(f"/proc/{grandchild}/stat")  # no orphan: the step's whole group is gone (or a
+    assert not stat.exists() or stat.read_text().split(")")[1].split()[0] == "Z"  # zombie)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
