@@ -9,8 +9,10 @@ import contextlib
 import math
 import os
 import runpy
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +331,38 @@ def test_sigterm_stops_the_running_steps_process_groups_and_names_them(tmp_path,
     stat = Path(f"/proc/{grandchild}/stat")  # no orphan: the step's whole group is gone (or a
     assert not stat.exists() or stat.read_text().split(")")[1].split()[0] == "Z"  # zombie)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+# --- the C++ kernel build ---------------------------------------------------------------------
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """native.kernels() as on first use, with its own extension cache."""
+    from utils.analog_torch import native
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setitem(native._STATE, "on", True)
+    monkeypatch.setitem(native._STATE, "tried", False)
+    monkeypatch.setitem(native._STATE, "module", None)
+    return native
+
+
+def test_a_missing_build_tool_is_named(fresh_build, monkeypatch, capsys):
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "ninja" else real(tool))
+    assert fresh_build.kernels() is None
+    assert "ninja not found: pip install ninja" in capsys.readouterr().out
+
+
+def test_a_stale_build_lock_is_reported_instead_of_waited_for(fresh_build, tmp_path, capsys):
+    if shutil.which("ninja") is None or shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no build tools here")
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(fresh_build.build_flags()[0], verbose=False)) / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    hour_ago = time.time() - 3600
+    os.utime(lock, (hour_ago, hour_ago))
+    assert fresh_build.kernels() is None
+    assert f"stale build lock {lock}" in capsys.readouterr().out
