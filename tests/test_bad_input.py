@@ -366,3 +366,36 @@ def test_a_stale_build_lock_is_reported_instead_of_waited_for(fresh_build, tmp_p
     os.utime(lock, (hour_ago, hour_ago))
     assert fresh_build.kernels() is None
     assert f"stale build lock {lock}" in capsys.readouterr().out
+
+
+def test_a_diverging_run_of_a_batch_stops_alone(tmp_path, capsys):
+    """The torch backend's batched loop: run 1 (weights at 1e38) diverges at the first
+    evaluation; run 0 trains on to the end."""
+    import torch
+    from torch import nn
+
+    from utils.engine import train_runs
+    from utils.results import read_metrics, read_record
+
+    class PerRun(nn.Module):  # R independent linear classifiers
+        def __init__(self, scales: list[float]) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.stack([torch.full((3, 4), s) for s in scales]))
+
+        def forward(self, x):
+            runs = self.weight.shape[0]
+            out = torch.bmm(x.view(runs, -1, 4), self.weight.transpose(1, 2))
+            return torch.log_softmax(out.reshape(-1, 3), dim=1)
+
+    gen = torch.Generator().manual_seed(0)
+    data = Batches((torch.randn(8, 4, generator=gen), torch.randint(0, 3, (8,), generator=gen))
+                   for _ in range(2))
+    folders = [tmp_path / f"seed{r}" for r in range(2)]
+    metrics = train_runs(folders, lambda idx: PerRun([[0.01, 1e38][i] for i in idx]), [data, data],
+                         data, lr=0.1, epochs=2, seeds=[0, 1], device=torch.device("cpu"),
+                         records=[{}, {}])
+    out = capsys.readouterr().out
+    assert "seed1: diverged in epoch 0" in out and "train loss [" in out
+    assert [len(m) for m in metrics] == [3, 1] and metrics[1][0]["diverged"]
+    assert read_record(folders[1] / "config.json")["diverged"] == {"epoch": 0}
+    assert [r["epoch"] for r in read_metrics(folders[0] / "metrics.jsonl")] == [0, 1, 2]
