@@ -91,7 +91,8 @@ def plot(args, curves: dict) -> None:
                   else learning_error(curves[f"{kind}/{lr}"][key], DEFAULTS["last"]) for lr in args.lr]
         ax_err.plot(args.lr, errors, "-o", label=name)
         print(f"{name:12s} learning error: " + ", ".join(
-            f"α={lr:g}: {e:.3e}" for lr, e in zip(args.lr, errors, strict=True)))
+            f"α={lr:g}: " + ("diverged" if math.isnan(e) else f"{e:.3e}")
+            for lr, e in zip(args.lr, errors, strict=True)))
     ax_err.set(xscale="log", yscale="log", xlabel="Step size α", ylabel="Learning error")
     ax_err.set_xticks(args.lr, [f"{lr:g}" for lr in args.lr])
     ax_err.xaxis.set_minor_formatter(NullFormatter())

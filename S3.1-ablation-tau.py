@@ -32,6 +32,7 @@ from utils.least_squares import (
     DATA_SEED,
     RUN_SEED,
     amplification_factor,
+    diverged_note,
     make_problem,
     plateau,
     run_dynamic,
@@ -116,11 +117,11 @@ def summary(args, curves: dict) -> tuple[list[dict], str]:
 def plot(args, curves: dict, rows: list[dict]) -> None:
     fig, (ax_f, ax_g) = plt.subplots(1, 2, figsize=(8.4, 3.0), gridspec_kw={"wspace": 0.3})
     ax_f.plot(ema(curves["digital"]["loss"], DEFAULTS["ema"]), color="k", ls="-.",
-              label="Digital SGD")
+              label="Digital SGD" + diverged_note(curves["digital"]))
     ax_g.plot(ema(curves["digital"]["grad_norm_sq"], DEFAULTS["ema"]), color="k", ls="-.")
     for i, (tau, row) in enumerate(zip(args.tau, rows, strict=True)):
         ax_f.plot(ema(curves[f"{tau}/analog"]["loss"], DEFAULTS["ema"]), color=f"C{i}", ls="--",
-                  label=f"τ={tau:g}")
+                  label=f"τ={tau:g}" + diverged_note(curves[f"{tau}/analog"]))
         ax_f.plot(ema(curves[f"{tau}/tiki-taka"]["loss"], DEFAULTS["ema"]), color=f"C{i}", lw=0.8)
         ax_g.plot(ema(curves[f"{tau}/analog"]["grad_norm_sq"], DEFAULTS["ema"]), color=f"C{i}",
                   ls="--")

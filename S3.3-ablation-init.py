@@ -28,6 +28,7 @@ from utils.least_squares import (
     RUN_SEED,
     Problem,
     add_backend_flags,
+    diverged_note,
     make_problem,
     plateau,
     pulsed_simulator,
@@ -101,7 +102,7 @@ def plot(args, curves: dict) -> None:
         curve = curves[label]
         print(f"{label:>12s}: start {curve['loss'][0]:.3e}, end (last 20 %) "
               f"{plateau(curve['loss']):.3e}")
-        ax.plot(curve["loss"], label=label)
+        ax.plot(curve["loss"], label=label + diverged_note(curve))
     ax.legend(loc="lower left", bbox_to_anchor=(1, 0), title="start")
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
            title=f"Analog SGD ({pulsed_simulator(args).label}), τ={args.tau:g}")
