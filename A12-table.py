@@ -17,10 +17,13 @@ if __name__ == "__main__":
     parser = cli.make_parser(__doc__)
     parser.add_argument("--runs", type=Path, default=cli.DEFAULT_OUT,
                         help="folder whose runs/ holds the training runs (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=cli.DEFAULT_OUT,
+    parser.add_argument("--out", type=cli.out_dir, default=cli.DEFAULT_OUT,
                         help="the table goes to OUT/tables/ (default: %(default)s)")
     args = parser.parse_args()
-    paths, missing = write_table(args.runs, args.out)
+    try:
+        paths, missing = write_table(args.runs, args.out)
+    except cli.UserError as err:  # a damaged run record
+        cli.fail(str(err))
     for name in missing:
         print(f"missing run: {name}")
     print(paths[0].read_text())

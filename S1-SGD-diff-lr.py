@@ -28,6 +28,7 @@ from utils.least_squares import (
     DATA_SEED,
     RUN_SEED,
     add_backend_flags,
+    diverged_note,
     make_problem,
     pulsed_simulator,
     run_aihwkit,
@@ -86,10 +87,12 @@ def plot(args, curves: dict) -> None:
     series = {"Digital SGD": ("digital", "loss", "*"), "Analog SGD": ("analog", analog_key, "o")}
     fig, (ax_err, ax_conv) = plt.subplots(1, 2, figsize=(8.2, 2.9), gridspec_kw={"wspace": 0.3})
     for i, (name, (kind, key, marker)) in enumerate(series.items()):
-        errors = [learning_error(curves[f"{kind}/{lr}"][key], DEFAULTS["last"]) for lr in args.lr]
+        errors = [math.nan if diverged_note(curves[f"{kind}/{lr}"])  # no error: not drawn
+                  else learning_error(curves[f"{kind}/{lr}"][key], DEFAULTS["last"]) for lr in args.lr]
         ax_err.plot(args.lr, errors, label=name, color="k", ls=LINESTYLES[i], marker=marker)
         print(f"{name:12s} learning error: " + ", ".join(
-            f"α={lr:g}: {e:.3e}" for lr, e in zip(args.lr, errors, strict=True)))
+            f"α={lr:g}: " + ("diverged" if math.isnan(e) else f"{e:.3e}")
+            for lr, e in zip(args.lr, errors, strict=True)))
     ax_err.set(xscale="log", yscale="log", xlabel="Step size α", ylabel="Learning error")
     ax_err.set_xticks(args.lr, [f"{lr:g}" for lr in args.lr])
     ax_err.xaxis.set_minor_formatter(NullFormatter())
@@ -101,8 +104,9 @@ def plot(args, curves: dict) -> None:
             y = ema(curves[f"{kind}/{lr}"][key], 0.9)
             ax_conv.plot(y, color=PALETTE[i], ls=LINESTYLES[i], marker=marker,
                          markevery=max(1, args.steps // 8))
-    handles = [Line2D([], [], color=PALETTE[i], ls=LINESTYLES[i], lw=2, label=f"α={lr:g}")
-               for i, lr in enumerate(args.lr)]
+    handles = [Line2D([], [], color=PALETTE[i], ls=LINESTYLES[i], lw=2, label=f"α={lr:g}" + "".join(
+        f"\n{kind}{diverged_note(curves[f'{kind}/{lr}'])}" for kind in ("analog", "digital")
+        if diverged_note(curves[f"{kind}/{lr}"]))) for i, lr in enumerate(args.lr)]
     handles += [Line2D([], [], color="k", ls="", marker=m, label=n) for n, (_, _, m) in series.items()]
     ax_conv.legend(handles=handles, loc="lower left", bbox_to_anchor=(1, 0))
     ax_conv.set(yscale="log", xlabel="Iteration k", ylabel="f(W_k) − f*")

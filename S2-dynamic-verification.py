@@ -30,6 +30,7 @@ from utils.least_squares import (
     DATA_SEED,
     RUN_SEED,
     add_backend_flags,
+    diverged_note,
     make_problem,
     plateau,
     pulsed_simulator,
@@ -126,7 +127,8 @@ def plot(args, results: dict) -> None:
     for ax, tau in zip(axes[0], args.tau, strict=True):
         for i, (key, label, marker) in enumerate(styles):
             ax.plot(ema(curves[f"{tau}/{key}"]["loss"], DEFAULTS["ema"]), color=f"C{i}",
-                    marker=marker, markevery=max(1, args.steps // 5), ms=5, label=label)
+                    marker=marker, markevery=max(1, args.steps // 5), ms=5,
+                    label=label + diverged_note(curves[f"{tau}/{key}"]))
         ax.set(yscale="log", title=f"τ={tau:g}", xlabel="Iteration k")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("f(W_k) − f*")

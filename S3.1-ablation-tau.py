@@ -32,6 +32,7 @@ from utils.least_squares import (
     DATA_SEED,
     RUN_SEED,
     amplification_factor,
+    diverged_note,
     make_problem,
     plateau,
     run_dynamic,
@@ -116,14 +117,14 @@ def summary(args, curves: dict) -> tuple[list[dict], str]:
 def plot(args, curves: dict, rows: list[dict]) -> None:
     fig, (ax_f, ax_g) = plt.subplots(1, 2, figsize=(8.4, 3.0), gridspec_kw={"wspace": 0.3})
     ax_f.plot(ema(curves["digital"]["loss"], DEFAULTS["ema"]), color="k", ls="-.",
-              label="Digital SGD")
+              label="Digital SGD" + diverged_note(curves["digital"]))
     ax_g.plot(ema(curves["digital"]["grad_norm_sq"], DEFAULTS["ema"]), color="k", ls="-.")
     for i, (tau, row) in enumerate(zip(args.tau, rows, strict=True)):
         # colour and marker name τ (markers keep τ apart in grey); the line style names the algorithm
         marks = {"color": PALETTE[i], "marker": MARKERS[i], "markevery": max(1, args.steps // 6),
                  "ms": 4}
-        ax_f.plot(ema(curves[f"{tau}/analog"]["loss"], DEFAULTS["ema"]), ls="--", label=f"τ={tau:g}",
-                  **marks)
+        ax_f.plot(ema(curves[f"{tau}/analog"]["loss"], DEFAULTS["ema"]), ls="--",
+                  label=f"τ={tau:g}" + diverged_note(curves[f"{tau}/analog"]), **marks)
         ax_f.plot(ema(curves[f"{tau}/tiki-taka"]["loss"], DEFAULTS["ema"]), ls="-", lw=0.8, **marks)
         ax_g.plot(ema(curves[f"{tau}/analog"]["grad_norm_sq"], DEFAULTS["ema"]), ls="--", **marks)
         ax_g.axhline(row["floor"], color=PALETTE[i], ls=":", lw=1.2)

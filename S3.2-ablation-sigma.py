@@ -24,6 +24,7 @@ from utils.least_squares import (
     DATA_SEED,
     RUN_SEED,
     add_backend_flags,
+    diverged_note,
     make_problem,
     plateau,
     pulsed_simulator,
@@ -73,7 +74,7 @@ def plot(args, curves: dict) -> None:
         loss = curves[str(var)]["loss"]
         print(f"σ²={var:g}: plateau (last 20 %) {plateau(loss):.3e}")
         ax.plot(ema(loss, DEFAULTS["ema"]), **style(i), markevery=max(1, args.steps // 8),
-                label=f"σ²={var:g}")
+                label=f"σ²={var:g}" + diverged_note(curves[str(var)]))
     ax.legend(loc="lower left", bbox_to_anchor=(1, 0))
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
            title=f"Analog SGD ({pulsed_simulator(args).label}), τ={args.tau:g}, init {args.init}")

@@ -28,6 +28,7 @@ from utils.least_squares import (
     RUN_SEED,
     Problem,
     add_backend_flags,
+    diverged_note,
     make_problem,
     plateau,
     pulsed_simulator,
@@ -43,7 +44,7 @@ DEFAULTS = dict(constants=[1e3, 1e2, 1e1, 1.0, 1e-2], warm=[10, 20, 30], lr=0.1,
 
 def parse_args(argv: list[str] | None = None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--init-constant", type=float, nargs="+", default=DEFAULTS["constants"],
+    p.add_argument("--init-constant", type=cli.finite_float, nargs="+", default=DEFAULTS["constants"],
                    help="constant starting values of weights and bias (default: %(default)s)")
     p.add_argument("--warm-start", type=cli.nonneg_int, nargs="+", default=DEFAULTS["warm"],
                    help="numbers of digital GD steps (lr = --lr) for warm starts (default: "
@@ -101,7 +102,7 @@ def plot(args, curves: dict) -> None:
         curve = curves[label]
         print(f"{label:>12s}: start {curve['loss'][0]:.3e}, end (last 20 %) "
               f"{plateau(curve['loss']):.3e}")
-        ax.plot(curve["loss"], label=label)
+        ax.plot(curve["loss"], label=label + diverged_note(curve))
     ax.legend(loc="lower left", bbox_to_anchor=(1, 0), title="start")
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
            title=f"Analog SGD ({pulsed_simulator(args).label}), τ={args.tau:g}")

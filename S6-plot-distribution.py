@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None):
     p = cli.make_parser(__doc__)
     p.add_argument("--runs", type=Path, default=cli.DEFAULT_OUT,
                    help="folder whose runs/ holds the training runs (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=cli.DEFAULT_OUT,
+    p.add_argument("--out", type=cli.out_dir, default=cli.DEFAULT_OUT,
                    help="figure to OUT/figures/, table to OUT/tables/ (default: %(default)s)")
     p.add_argument("--tau", type=cli.positive_float, default=0.7,
                    help="τ of the analog checkpoints (default: %(default)s)")

@@ -29,11 +29,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 from utils import cli
-from utils.results import REPO_ROOT
+from utils.results import REPO_ROOT, lock_run_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", choices=list(BUDGETS), default="paper",
                    help="paper: each script's defaults, the published protocol; smoke: tiny budgets "
                         "(default: %(default)s)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=cli.out_dir, default=None,
                    help="results root: runs, figures, tables and logs go under it (default: "
                         "results for --budget paper, results/smoke for smoke)")
     p.add_argument("--data-root", type=Path, default=Path("data"),
@@ -151,7 +152,10 @@ def write_report(args: argparse.Namespace) -> None:
     from utils.report import write_report as write
 
     path = report_path(args)
-    missing = write(REPO_ROOT / args.out, path)
+    try:
+        missing = write(REPO_ROOT / args.out, path)
+    except cli.UserError as err:  # a damaged run record
+        cli.fail(str(err))
     print(f"report: {path}" + (f" ({len(missing)} item(s) missing, named in it)" if missing else ""))
 
 
@@ -214,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_plan(steps))
     if args.dry_run:
         return 0
+    try:  # one reproduce.py per results root (each run folder is locked by its script too)
+        lock_run_folder(REPO_ROOT / args.out)
+    except cli.UserError as err:
+        cli.fail(str(err))
 
     runs = [s for s in steps if s.kind == "run"]
     prepare_data(runs, budget, args)
@@ -254,8 +262,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from utils.launch import Interrupted
+
     try:
         sys.exit(main())
+    except Interrupted as stop:
+        steps = f": stopped {', '.join(stop.steps)}" if stop.steps else ""
+        print(f"interrupted ({signal.Signals(stop.signum).name}){steps}; run the same command "
+              "again to resume", file=sys.stderr)
+        sys.exit(128 + stop.signum)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

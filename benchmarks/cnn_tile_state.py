@@ -12,11 +12,13 @@ mean |A|, mean |C| and the learned output scale α.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+from utils.results import read_metrics  # noqa: E402
 
 CONVS = (("conv1", "0"), ("conv2", "3"))
 
@@ -45,7 +47,7 @@ def main() -> None:
     rows = []
     for folder in folders:
         ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
-        last = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+        last = read_metrics(folder / "metrics.jsonl")[-1]
         cells = []
         for _, index in CONVS:
             try:

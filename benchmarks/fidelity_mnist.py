@@ -16,7 +16,6 @@ seeds (margin: one percentage point, for seeds that agree closely). The CSV hold
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from utils import results  # noqa: E402
 from utils.analog_torch.native import kernels, set_native  # noqa: E402
 from utils.analog_torch.presets import SETTINGS  # noqa: E402
 from utils.engine import experiment_name, run_folder  # noqa: E402
+from utils.results import read_metrics  # noqa: E402
 
 MARGIN = 1.0  # percentage points around AIHWKit's range over seeds
 # (backend, update mode, how): each torch mode with tensor operations only (--no-compile) and with
@@ -53,7 +53,7 @@ def train(setting: str, backend: str, mode: str, how: str, args) -> None:
 def accuracy(setting: str, backend: str, mode: str, how: str, seed: int, args) -> float:
     folder = run_folder(work(how, args), experiment_name("FCN", backend, mode), setting, args.tau,
                         seed)
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(folder / "metrics.jsonl")
     return 100 * rows[-1]["test_acc"]
 
 

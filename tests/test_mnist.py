@@ -273,6 +273,9 @@ def test_corrupt_checkpoint_or_changed_settings_are_refused(mnist_root, tmp_path
     _assert_one_line_error(run(FCN, mnist_root, tmp_path, "--epochs", "2", "--lr", "0.1"),
                            "holds a run with other settings (lr: 0.05 -> 0.1)")
     (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    def records() -> dict[str, bytes]:  # .lock holds the PID of the folder's last writer
+        return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != ".lock"}
+
+    before = records()
     _assert_one_line_error(run(FCN, mnist_root, tmp_path, "--epochs", "2"), "checkpoint.pt")
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert records() == before

@@ -10,7 +10,6 @@ Table 2 reports (no aggregation code was published).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import numpy as np
 
 from utils import results
 from utils.finetune import EXPERIMENT, IMAGE_SIZE, MODELS, PAPER_TAU, model_folder
-from utils.mnist_report import LABELS, LAST, Curve, format_pm, read_metrics
+from utils.mnist_report import LABELS, LAST, Curve, format_pm
+from utils.results import read_metrics, read_record
 
 PAPER = {  # Table 2 of the paper: test accuracy %, ImageNet weights, full fine-tuning, τ = 0.8
     ("Resnet18", "FP SGD"): 93.03, ("Resnet34", "FP SGD"): 93.44, ("Resnet50", "FP SGD"): 95.92,
@@ -70,6 +70,9 @@ def load_runs(root: Path) -> list[Runs]:
     for (model_dir, fft, alg), seeds in grouped.items():
         per_seed = {name: read_metrics(folder / "metrics.jsonl") for name, folder in seeds.items()}
         per_seed = {k: v for k, v in per_seed.items() if v}
+        for seed in [k for k, v in per_seed.items() if v[-1].get("diverged")]:
+            print(f"{'/'.join([EXPERIMENT, model_dir, alg, seed])}: diverged in epoch "
+                  f"{per_seed.pop(seed)[-1]['epoch']}, left out")
         if not per_seed:
             continue
         longest = max(len(v) for v in per_seed.values())
@@ -82,7 +85,7 @@ def load_runs(root: Path) -> list[Runs]:
         acc = np.array([[100 * m["test_acc"] for m in v] for v in per_seed.values()])
         epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))])
         config_path = seeds[next(iter(per_seed))] / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        config = read_record(config_path) if config_path.is_file() else {}
         runs.append(Runs(model_dir, fft, alg, Curve(list(per_seed), epochs, acc.mean(0),
                                                     acc.std(0), per_run=acc), config))
     return runs

@@ -7,6 +7,8 @@ status 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -38,9 +40,39 @@ def make_parser(doc: str | None) -> Parser:
 
 def _number(kind: type, text: str) -> float | int:
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+    if not math.isfinite(value):  # nan, inf: a run would record them as JSON that readers refuse
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    return _number(float, text)
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    value = _number(float, text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and < 1, got {text}")
+    return value
+
+
+def out_dir(text: str) -> Path:
+    """An --out folder that can be written: an existing folder, or one that can be created. Checked
+    while the flags are parsed, so an unusable one is refused before any data or computation."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder; name a folder")
+    parent = path
+    while not parent.exists():  # the nearest existing ancestor receives the new folders
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{parent} is not a writable folder; name a folder "
+                                         "you can write to")
+    return path
 
 
 def positive_float(text: str) -> float:
@@ -85,7 +117,7 @@ def add_output_flags(parser: argparse.ArgumentParser, seed: int, data_seed: int)
     """--data-seed, --out, --seed and --force, shared by the least-squares scripts."""
     parser.add_argument("--data-seed", type=int, default=data_seed,
                         help="torch seed of A and x* (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    parser.add_argument("--out", type=out_dir, default=DEFAULT_OUT,
                         help="results root: raw runs go to OUT/runs/, figures to OUT/figures/ "
                              "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=seed,
@@ -144,7 +176,7 @@ def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epoc
                         help="folder holding (or receiving) the MNIST files (default: %(default)s)")
     parser.add_argument("--no-download", action="store_true",
                         help="use only the files in --data-root; never fetch MNIST")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    parser.add_argument("--out", type=out_dir, default=DEFAULT_OUT,
                         help="results root; the run goes to OUT/runs/ (default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="CPU threads of torch (default: %(default)s: run one job per "

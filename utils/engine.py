@@ -32,6 +32,7 @@ import argparse
 import copy
 import io
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -44,7 +45,15 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm import tqdm
 
 from utils.cli import UserError
-from utils.results import atomic_write_bytes, environment, read_json, write_json
+from utils.results import (
+    atomic_write_bytes,
+    environment,
+    lock_run_folder,
+    read_metrics,
+    read_record,
+    write_json,
+    write_jsonl,
+)
 
 LR_STEP = 35     # epochs between lr decays (as in the authors' code)
 LR_GAMMA = 0.1   # lr decay factor
@@ -101,7 +110,9 @@ class RunState:
         self.folder = folder
         self.checkpoint: dict[str, Any] | None = None
         self.metrics: list[dict[str, Any]] = []
-        saved = self._read(folder / "config.json", read_json)
+        saved = read_record(folder / "config.json") if (folder / "config.json").is_file() else None
+        # {"epoch": e} when the run diverged (a loss became non-finite): an outcome, never resumed
+        self.diverged: dict[str, Any] | None = (saved or {}).get("diverged")
         if saved is not None:
             old, new = (_identity(saved, may_change), _identity(config, may_change))
             if old != new:
@@ -109,6 +120,9 @@ class RunState:
                 diff = ", ".join(_change(k, old.get(k), new.get(k)) for k in keys)
                 raise UserError(f"{folder} holds a run with other settings ({diff}); "
                                 "use another --out or delete that folder")
+        if self.diverged:
+            self.metrics = read_metrics(folder / "metrics.jsonl")
+            return
         path = folder / "checkpoint.pt"
         if saved is None or not path.is_file():
             return  # nothing to resume: start at epoch 0
@@ -119,8 +133,8 @@ class RunState:
         if not isinstance(ckpt, dict) or not keys <= ckpt.keys():
             raise UserError(f"{path}: not a checkpoint of this project; delete it to restart")
         self.checkpoint = ckpt
-        lines = self._read(folder / "metrics.jsonl",
-                           lambda p: [json.loads(s) for s in p.read_text().splitlines()]) or []
+        metrics = folder / "metrics.jsonl"
+        lines = read_metrics(metrics) if metrics.is_file() else []
         self.metrics = [m for m in lines if m["epoch"] <= self.epoch]
         if [m["epoch"] for m in self.metrics] != list(range(self.epoch + 1)):
             raise UserError(f"{folder / 'metrics.jsonl'} lacks epochs 0..{self.epoch} of "
@@ -149,8 +163,14 @@ def _change(key: str, old: Any, new: Any) -> str:
 
 
 def _identity(config: dict[str, Any], may_change: Iterable[str] = ()) -> dict[str, Any]:
-    ignore = {*MAY_CHANGE_ON_RESUME, *may_change, "environment"}
-    return {k: v for k, v in _jsonable(config).items() if k not in ignore}
+    ignore = {*MAY_CHANGE_ON_RESUME, *may_change, "environment", "diverged"}
+    identity = {k: v for k, v in _jsonable(config).items() if k not in ignore}
+    # data and weights are their checksums, wherever they lie and whatever the working directory
+    if isinstance(identity.get("data"), dict):
+        identity["data"] = {k: v for k, v in identity["data"].items() if k != "folder"}
+    if identity.get("weights_sha256"):
+        identity.pop("weights_file", None)
+    return identity
 
 
 def load_model_state(model: nn.Module, state_dict: dict[str, Any]) -> None:
@@ -178,6 +198,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
         total += loss.detach()
         n += 1
         if n % 200 == 0:
+            if not math.isfinite(float(total)):
+                break  # diverged: the rest of the epoch cannot bring it back
             bar.set_postfix(loss=f"{float(total) / n:.4f}", refresh=False)
     return float(total) / max(n, 1)
 
@@ -221,7 +243,12 @@ def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test
               "eval_batch_size": test_loader.batch_size, "loss": loss_fn.__name__,
               "device": str(device), "threads": torch.get_num_threads(),
               "save_checkpoint": save_model}
+    lock_run_folder(folder)
     state = RunState(folder, config, may_change)
+    if state.diverged:
+        print(f"{folder}: diverged at epoch {state.diverged['epoch']}; nothing to do (delete the "
+              "folder to train it again)")
+        return state.metrics
     if state.epoch >= epochs:
         print(f"{folder}: finished ({state.epoch} epochs); nothing to do")
         if save_model and not (folder / "model.pt").is_file():
@@ -254,37 +281,64 @@ def train(folder: Path, build_model: Callable[[], nn.Module], train_loader, test
     metrics = state.metrics
 
     def finish_epoch(epoch: int, train_loss: float | None, lr_used: float, start: float,
-                     group_lr: dict[str, float] | None = None) -> None:
+                     group_lr: dict[str, float] | None = None) -> bool:
+        """Evaluate and record ``epoch``; True when the run diverged (and is recorded so)."""
         test_loss, test_acc = evaluate(model, test_loader, loss_fn)
         row = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
                "test_acc": test_acc, "lr": lr_used, "time_s": round(time.perf_counter() - start, 3)}
         if group_lr:
             row["group_lr"] = group_lr
         metrics.append(row)
-        atomic_write_bytes(folder / "metrics.jsonl",
-                           "".join(json.dumps(m) + "\n" for m in metrics).encode())
+        if _diverged(row):
+            _record_divergence(folder, {**config, "environment": environment()}, metrics)
+            return True
+        write_jsonl(folder / "metrics.jsonl", metrics)
         for tag, value in tensorboard_scalars(row).items():
             writer.add_scalar(tag, value, epoch)
         writer.flush()
         _save_checkpoint(folder / "checkpoint.pt", epoch, model, optimizer, scheduler)
         print(f"epoch {epoch}/{epochs}: train loss {_fmt(train_loss)}, test loss {test_loss:.4f}, "
               f"test acc {100 * test_acc:.2f} %, lr {lr_used:g}, {row['time_s']:.1f} s", flush=True)
+        return False
 
-    if state.epoch < 0:
-        finish_epoch(0, None, optimizer.param_groups[0]["lr"], time.perf_counter(),
-                     _named_group_lrs(optimizer))
+    if state.epoch < 0 and finish_epoch(0, None, optimizer.param_groups[0]["lr"],
+                                        time.perf_counter(), _named_group_lrs(optimizer)):
+        writer.close()
+        return metrics
     for epoch in range(max(state.epoch, 0) + 1, epochs + 1):
         start, lr_used = time.perf_counter(), optimizer.param_groups[0]["lr"]
         group_lr = _named_group_lrs(optimizer)
         train_loader.set_epoch(epoch)
         train_loss = train_epoch(model, optimizer, train_loader, loss_fn, f"epoch {epoch}/{epochs}")
         scheduler.step()
-        finish_epoch(epoch, train_loss, lr_used, start, group_lr)
+        if finish_epoch(epoch, train_loss, lr_used, start, group_lr):
+            writer.close()
+            return metrics
     writer.close()
     if save_model:
         atomic_write_bytes(folder / "model.pt", (folder / "checkpoint.pt").read_bytes())
     print(f"done: {folder}")
     return metrics
+
+
+def _diverged(row: dict[str, Any]) -> bool:
+    """Whether an epoch's row has a non-finite loss; if so it becomes the run's last row: the
+    losses that are not finite are None (records are strict JSON), the accuracy of a diverged
+    model is no result (None), and ``diverged`` is true."""
+    bad = [k for k in ("train_loss", "test_loss") if row[k] is not None and not math.isfinite(row[k])]
+    if bad:
+        row.update({k: None for k in bad}, test_acc=None, diverged=True)
+    return bool(bad)
+
+
+def _record_divergence(folder: Path, config: dict[str, Any], metrics: list[dict[str, Any]]) -> None:
+    """Record a diverged run: its metrics up to the epoch it diverged in, and config.json's
+    ``diverged`` (a rerun then reports it instead of training it again)."""
+    epoch = metrics[-1]["epoch"]
+    write_jsonl(folder / "metrics.jsonl", metrics)
+    write_json(folder / "config.json", {**config, "diverged": {"epoch": epoch}})
+    print(f"{folder}: diverged in epoch {epoch} (a loss became non-finite); the run stops and is "
+          "recorded as diverged", flush=True)
 
 
 def _analog_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -376,11 +430,16 @@ def train_runs(folders: list[Path], build_model: Callable[[list[int]], nn.Module
                 "device": str(device), "threads": torch.get_num_threads(),
                 "save_checkpoint": save_model}
                for record, seed, loader in zip(records, seeds, train_loaders, strict=True)]
+    for folder in folders:
+        lock_run_folder(folder)
     states = [RunState(f, c, ("batched_runs",)) for f, c in zip(folders, configs, strict=True)]
     results: list[list[dict[str, Any]]] = [s.metrics for s in states]
     groups: dict[int, list[int]] = {}
     for r, state in enumerate(states):
-        if state.epoch >= epochs:
+        if state.diverged:
+            print(f"{folders[r]}: diverged at epoch {state.diverged['epoch']}; nothing to do "
+                  "(delete the folder to train it again)")
+        elif state.epoch >= epochs:
             print(f"{folders[r]}: finished ({state.epoch} epochs); nothing to do")
             if save_model and not (folders[r] / "model.pt").is_file():
                 atomic_write_bytes(folders[r] / "model.pt", (folders[r] / "checkpoint.pt").read_bytes())
@@ -422,11 +481,12 @@ def _train_group(indices: list[int], folders: list[Path], states: list[RunState]
         optimizer.param_groups[0]["lr"] = scheduler.get_last_lr()[0]
         _set_rng(states[0].checkpoint.get("rng", {}))
         print(f"resuming {runs} run(s) after epoch {start}")
-    for folder, config in zip(folders, configs, strict=True):
-        write_json(folder / "config.json", {**config, "batched_runs": runs,
-                                            "environment": environment()})
+    records = [{**config, "batched_runs": runs, "environment": environment()} for config in configs]
+    for folder, record in zip(folders, records, strict=True):
+        write_json(folder / "config.json", record)
     writers = [SummaryWriter(str(f), purge_step=start + 1) for f in folders]
     metrics = [s.metrics for s in states]
+    alive = [True] * runs  # a diverged run goes on in the batch (the others' steps are its own)
 
     def finish_epoch(epoch: int, train_loss: Tensor | None, lr_used: float, t0: float) -> None:
         test_loss, test_acc = evaluate_runs(model, test_loader, runs)
@@ -434,25 +494,37 @@ def _train_group(indices: list[int], folders: list[Path], states: list[RunState]
         state = model.state_dict()
         seconds = round(time.perf_counter() - t0, 3)
         for i, folder in enumerate(folders):
+            if not alive[i]:
+                continue
             loss_i = None if train_loss is None else float(train_loss[i])
             row = {"epoch": epoch, "train_loss": loss_i, "test_loss": float(test_loss[i]),
                    "test_acc": float(test_acc[i]), "lr": lr_used, "time_s": seconds}
             if extra is not None:
                 row["probe"] = extra[i]
             metrics[i].append(row)
-            atomic_write_bytes(folder / "metrics.jsonl",
-                               "".join(json.dumps(m) + "\n" for m in metrics[i]).encode())
+            if _diverged(row):
+                alive[i] = False
+                _record_divergence(folder, records[i], metrics[i])
+                continue
+            write_jsonl(folder / "metrics.jsonl", metrics[i])
             for tag, value in tensorboard_scalars(row).items():
                 writers[i].add_scalar(tag, value, epoch)
             writers[i].flush()
             _save_state(folder / "checkpoint.pt", epoch, run_state(state, i), optimizer, scheduler)
-        accs = ", ".join(f"{100 * float(a):.2f}" for a in test_acc)
-        print(f"epoch {epoch}/{epochs}: test acc % [{accs}], lr {lr_used:g}, {seconds:.1f} s",
-              flush=True)
+
+        def each(values: Tensor, form: str) -> str:
+            return ", ".join(form.format(float(v)) if ok else "diverged"
+                             for v, ok in zip(values, alive, strict=True))
+
+        losses = "" if train_loss is None else f"train loss [{each(train_loss, '{:.4f}')}], "
+        print(f"epoch {epoch}/{epochs}: {losses}test loss [{each(test_loss, '{:.4f}')}], test acc % "
+              f"[{each(100 * test_acc, '{:.2f}')}], lr {lr_used:g}, {seconds:.1f} s", flush=True)
 
     if start < 0:
         finish_epoch(0, None, lr, time.perf_counter())
     for epoch in range(max(start, 0) + 1, epochs + 1):
+        if not any(alive):
+            break
         t0, lr_used = time.perf_counter(), optimizer.param_groups[0]["lr"]
         for loader in loaders:
             loader.set_epoch(epoch)
@@ -475,11 +547,11 @@ def _train_group(indices: list[int], folders: list[Path], states: list[RunState]
         finish_epoch(epoch, total / max(n, 1), lr_used, t0)
     for writer in writers:
         writer.close()
-    if save_model:
-        for folder in folders:
+    for folder, finished in zip(folders, alive, strict=True):
+        if finished and save_model:
             atomic_write_bytes(folder / "model.pt", (folder / "checkpoint.pt").read_bytes())
-    for folder in folders:
-        print(f"done: {folder}")
+        if finished:
+            print(f"done: {folder}")
     return metrics
 
 

@@ -9,7 +9,6 @@ the backends are compared at equal budgets.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from utils.escape import (
     wilson_interval,
 )
 from utils.mnist_report import PAPER_EPOCHS
+from utils.results import read_metrics, read_record
 
 SETTING = "Analog SGD"
 NAME = "stuck_probability"  # results/figures/<NAME>.{png,pdf}, results/tables/<NAME>.{md,csv}
@@ -84,8 +84,8 @@ def read_run(folder: Path) -> Run:
     accuracies in [0, 1]. Anything else is a UserError naming the file."""
     config_path, metrics_path = folder / "config.json", folder / "metrics.jsonl"
     try:
-        tau = float(json.loads(config_path.read_text())["tau"])
-        rows = [json.loads(s) for s in metrics_path.read_text().splitlines() if s.strip()]
+        tau = float(read_record(config_path)["tau"])
+        rows = read_metrics(metrics_path)
         epochs = [int(r["epoch"]) for r in rows]
         accs = [float(r["test_acc"]) for r in rows]
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -46,6 +46,7 @@ from utils.cli import (
     fail,
     make_parser,
     nonneg_int,
+    out_dir,
     positive_float,
     positive_int,
     torch_device,
@@ -211,7 +212,7 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-channels-last", action="store_true",
                    help="on a GPU, keep the backbone in the contiguous memory format "
                         "(default: channels_last)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    p.add_argument("--out", type=out_dir, default=DEFAULT_OUT,
                    help="results root; the run goes to OUT/runs/ (default: %(default)s)")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -23,12 +24,22 @@ from pathlib import Path
 import submitit
 
 from utils.plan import Step
-from utils.results import REPO_ROOT, read_json, write_json
+from utils.results import REPO_ROOT, read_record, write_json
 
 ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                        "RESIZING")
 MAX_REQUEUES_ON_TIMEOUT = 20  # a 100-epoch ResNet run may need many --time slices
 JOBS_FILE = "reproduce-jobs.json"
+STOP_GRACE_S = 10  # after SIGTERM, how long a step may take to exit before SIGKILL
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT reached the launcher: its running steps were stopped (each script resumes
+    from its run folder, so running the same command again continues them)."""
+
+    def __init__(self, signum: int, steps: list[str]) -> None:
+        super().__init__(signum, steps)
+        self.signum, self.steps = signum, steps
 
 
 @dataclass
@@ -64,8 +75,10 @@ def step_cuda(step: Step, gpu: int | None, aihwkit_cuda: bool) -> int | None:
 
 
 def run_step(step: Step, log: Path, threads: int | None = None, cuda: int | None = None,
-             processes: set | None = None) -> int:
-    """Run one step's command to completion, its output to ``log``; returns the exit status."""
+             processes: dict | None = None) -> int:
+    """Run one step's command to completion, its output to ``log``; returns the exit status. The
+    step runs in a process group of its own (registered in ``processes`` while it runs), so that
+    stopping it stops whatever it started."""
     cmd = step.command(threads, cuda)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -75,14 +88,34 @@ def run_step(step: Step, log: Path, threads: int | None = None, cuda: int | None
         f.write(f"$ {subprocess.list2cmdline(cmd)}\n")
         f.flush()
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         if processes is not None:
-            processes.add(proc)
+            processes[proc] = step.id
         try:
             return proc.wait()
         finally:
             if processes is not None:
-                processes.discard(proc)
+                processes.pop(proc, None)
+
+
+def stop_groups(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM to each process group, SIGKILL to those still there after STOP_GRACE_S."""
+    for proc in processes:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in processes:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc, signal.SIGKILL)  # the group's other members too, if any linger
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
 
 
 def run_local(steps: list[Step], log_dir: Path, workers: int = 1, gpus: list[int] | None = None,
@@ -97,10 +130,13 @@ def run_local(steps: list[Step], log_dir: Path, workers: int = 1, gpus: list[int
     if gpus and not aihwkit_cuda:
         print("note: this AIHWKit has no CUDA (the PyPI wheel); MNIST runs use the CPU, the "
               "ResNet backbones the GPUs")
-    lock, processes, done = threading.Lock(), set(), [0]
+    lock, processes, done, stopping = threading.Lock(), {}, [0], threading.Event()
 
     def work(step: Step) -> Outcome:
         gpu = slots.get()
+        if stopping.is_set():  # stopped before it began
+            slots.put(gpu)
+            return Outcome(step, -1, log_path(log_dir, step), 0.0)
         start, log = time.perf_counter(), log_path(log_dir, step)
         try:
             cuda = step_cuda(step, gpu, aihwkit_cuda)
@@ -111,6 +147,8 @@ def run_local(steps: list[Step], log_dir: Path, workers: int = 1, gpus: list[int
         finally:
             slots.put(gpu)
         outcome = Outcome(step, rc, log, time.perf_counter() - start)
+        if stopping.is_set():
+            return outcome  # reported as interrupted, not as failed
         with lock:
             done[0] += 1
             what = "ok    " if rc == 0 else f"FAILED (exit {rc}), log {log}:"
@@ -121,13 +159,34 @@ def run_local(steps: list[Step], log_dir: Path, workers: int = 1, gpus: list[int
         print(f"{len(steps)} {label} step(s) on {n_workers} worker(s), {threads} thread(s) each; "
               f"logs in {log_dir}", flush=True)
     pool = ThreadPoolExecutor(max_workers=n_workers)
+    handlers = _raise_on_signals()
     try:
         return list(pool.map(work, steps))
-    except KeyboardInterrupt:
-        for proc in list(processes):  # the scripts resume: rerunning the command continues them
-            proc.terminate()
+    except (Interrupted, KeyboardInterrupt) as err:
+        stopping.set()
+        for signum in handlers:  # a second Ctrl-C must not break the clean-up
+            signal.signal(signum, signal.SIG_IGN)
+        running = dict(processes)
+        stop_groups(list(running))  # the scripts resume: rerunning the command continues them
+        stop_groups([p for p in list(processes) if p not in running])  # started meanwhile
         pool.shutdown(wait=True, cancel_futures=True)
-        raise
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        raise Interrupted(signum, sorted(running.values())) from None
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _raise_on_signals() -> dict:
+    """Make SIGTERM and SIGINT raise Interrupted in the main thread (where Python runs signal
+    handlers); returns the previous handlers. Outside the main thread: nothing (returns {})."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise Interrupted(signum, [])
+
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
 
 
 # --- Slurm --------------------------------------------------------------------------------------
@@ -173,7 +232,7 @@ def run_slurm(steps: list[Step], log_dir: Path, executor, threads: int, gpus_per
     still pending or running (recorded in ``folder``/reproduce-jobs.json) are waited for, not
     submitted again."""
     jobs_file = Path(folder) / JOBS_FILE
-    recorded = read_json(jobs_file) if jobs_file.is_file() else {}
+    recorded = read_record(jobs_file) if jobs_file.is_file() else {}
     waiting: dict[str, object] = {}
     if executor.cluster == "slurm":
         for step in steps:

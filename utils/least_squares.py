@@ -111,6 +111,26 @@ def _curve_record(problem: Problem, weight: Tensor, bias: Tensor, rec: dict[str,
     rec["w_inf"].append(max(weight.abs().max().item(), bias.abs().max().item()))
 
 
+def _diverged(rec: dict) -> bool:
+    """Whether the record just taken is not finite; if so the curve ends before it, and
+    ``diverged_step`` names the step k whose f(W_k) was not finite (records are strict JSON)."""
+    last = [values[-1] for values in rec.values()]
+    if all(math.isfinite(v) for v in last):
+        return False
+    rec["diverged_step"] = len(rec["loss"]) - 1
+    for values in rec.values():
+        if isinstance(values, list):
+            values.pop()
+    print(f"diverged at step {rec['diverged_step']}: f(W) became non-finite; the curve stops there")
+    return True
+
+
+def diverged_note(curve: dict) -> str:
+    """" (diverged at step k)" for the label of a curve that diverged, else ""."""
+    step = curve.get("diverged_step")
+    return "" if step is None else f" (diverged at step {step})"
+
+
 def run_dynamic(problem: Problem, make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
                 steps: int, seed: int = RUN_SEED, init: float = 0.0) -> dict[str, list[float]]:
     """Train ``Linear(d, 1)`` (weights and bias filled with ``init``) for ``steps`` full-batch steps.
@@ -127,10 +147,13 @@ def run_dynamic(problem: Problem, make_optimizer: Callable[[list[nn.Parameter]],
     rec: dict[str, list] = {"loss": [], "grad_norm_sq": [], "w_inf": []}
     for _ in range(steps):
         _curve_record(problem, model.weight, model.bias, rec)
+        if _diverged(rec):
+            return rec
         optimizer.zero_grad()
         problem.train_loss(model(problem.A)).backward()
         optimizer.step()
     _curve_record(problem, model.weight, model.bias, rec)
+    _diverged(rec)
     return rec
 
 
@@ -185,10 +208,13 @@ def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int =
 
     for _ in range(steps):
         record()
+        if _diverged(rec):
+            return rec
         optimizer.zero_grad()
         problem.train_loss(model(problem.A)).backward()
         optimizer.step()
     record()
+    _diverged(rec)
     return rec
 
 

@@ -10,8 +10,7 @@ CHANCE_ACC).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 from utils import cli, results
 from utils.engine import backend_suffix, run_name
 from utils.plotting import DIGITAL_COLOR, PALETTE, ema, plt, save_figure
+from utils.results import read_metrics, read_record
 
 NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
 ANALOG = ("Analog SGD", "TT-v1")
@@ -61,6 +61,16 @@ class Curve:
     std: np.ndarray  # population std over seeds (0 for one seed)
     target_epochs: int | None = None  # the --epochs the runs were started with
     per_run: np.ndarray | None = None  # (seeds, epochs): every run's own curve
+    diverged: dict[str, int] = field(default_factory=dict)  # seed -> the epoch it diverged in
+
+    @property
+    def outcome(self) -> str | None:
+        """"diverged (epoch 3)" when every seed diverged, "2 of 3 seeds diverged" when some did."""
+        if self.diverged and not self.seeds:
+            return f"diverged (epoch {min(self.diverged.values())})"
+        if self.diverged:
+            return f"{len(self.diverged)} of {len(self.diverged) + len(self.seeds)} seeds diverged"
+        return None
 
     @property
     def runs(self) -> int:
@@ -86,10 +96,6 @@ class Curve:
         return int((self.final_per_run() < CHANCE_ACC).sum())
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def load_curve(root: Path, network: str, setting: str, tau: float | None,
                backend: str = "") -> Curve | None:
     """Aggregate every seed folder of one run; None if no seed has a metrics file. ``backend``
@@ -99,6 +105,11 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None,
     per_seed = {k: v for k, v in per_seed.items() if v}
     if not per_seed:
         return None
+    diverged = {k: v[-1]["epoch"] for k, v in per_seed.items() if v[-1].get("diverged")}
+    per_seed = {k: v for k, v in per_seed.items() if k not in diverged}
+    if not per_seed:  # an outcome without a curve: drawn as nothing, tabled as diverged
+        empty = np.zeros(0)
+        return Curve([], empty, empty, empty, diverged=diverged)
     longest = max(len(v) for v in per_seed.values())
     for seed, rows in list(per_seed.items()):
         if len(rows) < longest:  # unfinished (or shorter) seeds would cut the others' curves short
@@ -107,11 +118,11 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None,
             del per_seed[seed]
     common = longest
     config = folder / next(iter(per_seed)) / "config.json"
-    target = json.loads(config.read_text()).get("epochs") if config.is_file() else None
+    target = read_record(config).get("epochs") if config.is_file() else None
     acc = np.array([[100 * m["test_acc"] for m in v[:common]] for v in per_seed.values()])
     epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))[:common]])
     return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0),
-                 target_epochs=target, per_run=acc)
+                 target_epochs=target, per_run=acc, diverged=diverged)
 
 
 def load_panel(root: Path, network: str, taus: tuple[float, ...] | None = None, backend: str = ""
@@ -141,8 +152,12 @@ def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
     budgets) are drawn unsmoothed and without the zoom: an EMA over a handful of points mostly shows
     its own start-up."""
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    for key, curve in curves.items():
+        if curve.outcome:
+            print(f"{LABELS[key[0]]} τ={key[1]}: {curve.outcome}")
+    curves = {k: c for k, c in curves.items() if c.seeds}  # every seed diverged: nothing to draw
     styles = {"Analog SGD": ("--", "o"), "TT-v1": ("-", "^"), "FP SGD": ("-.", "s")}
-    last = max(c.epochs[-1] for c in curves.values())
+    last = max((c.epochs[-1] for c in curves.values()), default=0)
     short = last < SHORT
     if short:
         smoothing = 0.0
@@ -212,9 +227,11 @@ def table_rows(root: Path, backend: str = "") -> tuple[list[dict], list[str]]:
             paper = PAPER[(network, setting, tau)]
             row = {"network": network, "algorithm": LABELS[setting], "tau": "" if tau is None else tau,
                    "runs": 0, "epochs": "", "target_epochs": "", "mean": "", "std": "", "min": "",
-                   "max": "", "at_chance": "", "paper_mean": paper[0], "paper_std": paper[1],
-                   "paper_runs": 3, "paper_epochs": PAPER_EPOCHS}
+                   "max": "", "at_chance": "", "diverged": 0, "paper_mean": paper[0],
+                   "paper_std": paper[1], "paper_runs": 3, "paper_epochs": PAPER_EPOCHS}
             if curve is not None:
+                row.update(diverged=len(curve.diverged))
+            if curve is not None and curve.seeds:
                 mean, std = curve.summary()
                 final = curve.final_per_run()
                 row.update(runs=curve.runs, epochs=curve.last_epochs,
@@ -232,10 +249,12 @@ def display_row(row: dict) -> dict:
              if row["tau"] != "" else "", "runs": runs,
              "paper": format_pm(row["paper_mean"], row["paper_std"], row["paper_runs"])}
     if not runs:
-        return {**shown, "epochs": "", "ours": "missing", "range": "", "chance": ""}
+        ours = f"{row['diverged']} diverged" if row["diverged"] else "missing"
+        return {**shown, "epochs": "", "ours": ours, "range": "", "chance": ""}
     epochs = row["epochs"] if row["epochs"] >= row["target_epochs"] else \
         f"{row['epochs']} of {row['target_epochs']}"
-    return {**shown, "epochs": epochs, "ours": format_pm(row["mean"], row["std"], runs),
+    note = f" ({row['diverged']} more diverged, left out)" if row["diverged"] else ""
+    return {**shown, "epochs": epochs, "ours": format_pm(row["mean"], row["std"], runs) + note,
             "range": f"{row['min']:.2f}–{row['max']:.2f}" if runs > 1 else "",
             "chance": f"{row['at_chance']} of {runs}"}
 
@@ -271,16 +290,24 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
     p = cli.make_parser(doc)
     p.add_argument("--runs", type=Path, default=cli.DEFAULT_OUT,
                    help="folder whose runs/ holds the training runs (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=cli.DEFAULT_OUT,
+    p.add_argument("--out", type=cli.out_dir, default=cli.DEFAULT_OUT,
                    help="figure to OUT/figures/, table to OUT/tables/ (default: %(default)s)")
     p.add_argument("--tau", type=cli.positive_float, nargs="+", default=list(NETWORKS[network]),
                    help="τ of the analog runs to draw (default: %(default)s)")
-    p.add_argument("--smoothing", type=float, default=0.8,
+    p.add_argument("--smoothing", type=cli.fraction, default=0.8,
                    help="EMA coefficient of the drawn curves, 0 = none (default: %(default)s)")
     cli.add_backend_flags(p, "whose runs to draw: AIHWKit's (MNIST-<NET>, default) or the torch "
                              "backend's (MNIST-<NET>-torch[-pulse]); the figure and table names "
                              "get the suffix _torch[_pulse]", compile_flag=False)
     args = p.parse_args(argv)
+    try:
+        draw(args, network)
+    except cli.UserError as err:  # a damaged run record
+        cli.fail(str(err))
+
+
+def draw(args, network: str) -> None:
+    """The figure and the table of parsed flags ``args``."""
     taus = tuple(args.tau)
     backend = backend_suffix(args.backend, args.update_mode)
     curves, missing = load_panel(args.runs, network, taus, backend)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
-import json
 import shlex
 import socket
 import sys
@@ -29,7 +28,8 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlparse
 
-from utils.results import REPO_ROOT
+from utils.cli import UserError
+from utils.results import REPO_ROOT, read_metrics, read_record
 
 SEEDS = (0, 1, 2)  # Figure 5: mean ± std over 3 runs (paper, Section 5)
 CIFAR_SEEDS = (0,)  # Table 2: one number per cell (the paper gives no std)
@@ -135,13 +135,6 @@ def least_squares_result(stem: str, argv: list[str]) -> Path:
     raise RuntimeError(f"{stem}.main did not open a run folder")
 
 
-def read_metrics(path: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
-
-
 def training_status(folder: Path, epochs: int, checks: dict[str, object],
                     model_file: bool = False) -> tuple[str, str]:
     """(status, note) of an MNIST/CIFAR run folder for a budget of ``epochs`` epochs; ``checks``
@@ -149,15 +142,20 @@ def training_status(folder: Path, epochs: int, checks: dict[str, object],
     config_path = folder / "config.json"
     if config_path.is_file():
         try:
-            config = json.loads(config_path.read_text())
-        except ValueError:
-            return "todo", "config.json unreadable (the script will say what to do)"
+            config = read_record(config_path)
+        except UserError:
+            return "todo", "config.json damaged (the script will say what to do)"
         differ = [f"{k}: {config.get(k)!r} (wanted {v!r})" for k, v in checks.items()
                   if k in config and config[k] != v]
         if differ:
             return "skipped", (f"{folder} holds a run with other settings ({', '.join(differ)}); "
                                "use another --out")
-    metrics = read_metrics(folder / "metrics.jsonl")
+        if config.get("diverged"):  # an outcome: training it again would diverge again
+            return "done", f"diverged in epoch {config['diverged']['epoch']}"
+    try:
+        metrics = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+    except UserError:
+        return "todo", "metrics.jsonl damaged (the script will say what to do)"
     last = metrics[-1]["epoch"] if metrics else -1
     if last >= epochs:
         if model_file and not (folder / "model.pt").is_file():

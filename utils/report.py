@@ -9,13 +9,12 @@ ours. Anything absent is named as missing, with the command that makes it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils.results import REPO_ROOT, atomic_write_bytes
+from utils.results import REPO_ROOT, atomic_write_bytes, read_metrics, read_record
 
 SEED_NOTE = ("What a seed fixes: the initial weights and the order of the training data, and with the "
              "torch backend also every pulse and noise draw (a rerun on the same machine repeats the "
@@ -91,17 +90,11 @@ ITEMS = (
 # --- reading run folders ------------------------------------------------------------------------
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_record(path) if Path(path).is_file() else {}
 
 
 def _metrics(path: Path) -> list[dict]:
-    try:
-        return [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
-    except (OSError, ValueError):
-        return []
+    return read_metrics(path) if Path(path).is_file() else []
 
 
 def duration(seconds: float) -> str:

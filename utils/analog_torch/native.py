@@ -1,8 +1,9 @@
 """The torch backend's C++ kernels on a CPU (csrc/kernels.cpp): the IO pass, the pulse-by-pulse
 update and the moment-matched update, each in one call. Built on first use by
 ``torch.utils.cpp_extension`` (needs a C++ compiler; about a minute once, then cached under
-``~/.cache/torch_extensions``; a build stopped half-way leaves a ``lock`` file there that makes
-the next one wait: delete it).
+``~/.cache/torch_extensions``). A build stopped half-way leaves a ``lock`` file there that would
+make the next one wait forever: a lock is waited for while a build could still hold it
+(:data:`STALE_LOCK_S`), then reported as stale (delete it) and the kernels are left out.
 
 :func:`kernels` returns the built module, or None (and says why, once) when it cannot be built;
 the tiles then run the same model with tensor operations (utils/analog_torch/tile.py). They use
@@ -13,13 +14,17 @@ scripts turn it on unless --no-compile).
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import shutil
+import time
 from pathlib import Path
 
 import torch
 
 _STATE: dict[str, object] = {"on": False, "module": None, "tried": False}
 SOURCE = Path(__file__).resolve().parent / "csrc" / "kernels.cpp"
+STALE_LOCK_S = 600.0  # a build takes about a minute: a lock this old was left by a stopped one
 
 
 def set_native(on: bool) -> None:
@@ -57,15 +62,44 @@ def kernels():
     if not _STATE["tried"]:
         _STATE["tried"] = True
         try:
-            # its import warns that no CUDA runtime is found on a machine without one: irrelevant
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            from torch.utils.cpp_extension import load
-
-            name, flags = build_flags()
-            _STATE["module"] = load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
-                                    verbose=False)
+            _STATE["module"] = _build()
         except Exception as err:  # noqa: BLE001 - no compiler, no headers: run without them
-            said = str(err).strip()
-            print(f"the torch backend's C++ kernels could not be built ({type(err).__name__}: "
-                  f"{said.splitlines()[-1] if said else ''}); running with tensor operations")
+            print(f"the torch backend's C++ kernels could not be built ({_reason(err)}); running "
+                  "with tensor operations", flush=True)
     return _STATE["module"]
+
+
+def _build():
+    # its import warns that no CUDA runtime is found on a machine without one: irrelevant
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    for tool, remedy in (("ninja", "pip install ninja"),
+                         (compiler, "install a C++ compiler, e.g. g++, or set CXX")):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not found: {remedy}")
+    name, flags = build_flags()
+    _wait_for_lock(Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock")
+    return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, verbose=False)
+
+
+def _wait_for_lock(lock: Path) -> None:
+    """Wait while another build may hold ``lock``; a lock older than STALE_LOCK_S is stale."""
+    while lock.exists():
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return  # released just now
+        if age > STALE_LOCK_S:
+            raise RuntimeError(f"stale build lock {lock}, {age / 60:.0f} min old, left by a "
+                               "stopped build: delete it")
+        time.sleep(1.0)
+
+
+def _reason(err: BaseException) -> str:
+    """The line of a failed build that says why: a compiler error or a missing tool, not ninja's
+    closing "build stopped"."""
+    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
+    telling = [s for s in lines if "not found" in s or "error:" in s or "No such file" in s]
+    return (telling[:1] or lines[-1:] or [type(err).__name__])[0][:300]

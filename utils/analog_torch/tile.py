@@ -159,12 +159,15 @@ def pulse_probabilities(x: Tensor, d: Tensor, lr: Tensor | float, dw_min: Tensor
     desired_bl pulses per sample; beyond, d's side is scaled so that x's largest element always
     fires, and q clips at 1 (AIHWKit's update and bit-length management).
     """
-    x_max = x.abs().amax(dim=-1, keepdim=True)
-    d_max = d.abs().amax(dim=-1, keepdim=True)
-    live = ((x_max > 0) & (d_max > 0)).to(x.dtype)
+    # The per-sample scales in float64, as the C++ kernels compute them: in float32 a tiny d_max
+    # (a denormal gradient at a large step) makes x_max/d_max overflow to inf, and 0·inf gave NaN
+    # pulse probabilities, hence NaN weights, where the exact scale is finite.
+    x_max = x.abs().amax(dim=-1, keepdim=True).double()
+    d_max = d.abs().amax(dim=-1, keepdim=True).double()
+    live = ((x_max > 0) & (d_max > 0)).double()
     x_max = x_max + (1 - live)  # 1 where dead: no 0/0
     d_max = d_max + (1 - live)
-    lr_dw = lr / dw_min
+    lr_dw = torch.as_tensor(lr, dtype=torch.float64, device=x.device) / dw_min.double()
     if bl_management:
         k = lr_dw * x_max * d_max
         bl = torch.ceil(k).clamp(1, desired_bl)
@@ -176,8 +179,9 @@ def pulse_probabilities(x: Tensor, d: Tensor, lr: Tensor | float, dw_min: Tensor
         scale_x, scale_d = torch.sqrt(base * d_max / x_max), torch.sqrt(base * x_max / d_max)
     else:
         scale_x = scale_d = torch.sqrt(base)
-    p = (x.abs() * scale_x).clamp(max=1) * live
-    q = (d.abs() * (scale_d * um_grad_scale)).clamp(max=1) * live
+    live, bl = live.to(x.dtype), bl.to(x.dtype)
+    p = (x.abs() * scale_x.to(x.dtype)).clamp(max=1) * live
+    q = (d.abs() * (scale_d * um_grad_scale).to(x.dtype)).clamp(max=1) * live
     return p, q, bl * live
 
 
