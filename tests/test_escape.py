@@ -111,7 +111,7 @@ def test_plot_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
                                                                      "--out", str(tmp_path / "o")])
     _write_run(tmp_path, "MNIST-FCN", 0.7, 0, _rows([0.1, float("nan")]))
     line = _exit_2(capsys, plot_main, None, ["--runs", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert "metrics.jsonl" in line and "finite" in line
+    assert "metrics.jsonl" in line and "NaN is not strict JSON" in line
     assert not (tmp_path / "o").exists()
 
 

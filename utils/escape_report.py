@@ -256,7 +256,7 @@ def plot_main(doc: str | None, argv: list[str] | None = None) -> None:
     p = cli.make_parser(doc)
     p.add_argument("--runs", type=Path, default=cli.DEFAULT_OUT,
                    help="folder whose runs/ holds the training runs (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=cli.DEFAULT_OUT,
+    p.add_argument("--out", type=cli.out_dir, default=cli.DEFAULT_OUT,
                    help="figure to OUT/figures/, table to OUT/tables/ (default: %(default)s)")
     args = p.parse_args(argv)
     try:
