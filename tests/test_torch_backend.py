@@ -3,7 +3,7 @@
 Fidelity: one update of a tile with AIHWKit's device parameters copied in, repeated many times
 from the same weights, gives per-element mean and variance within 5 % of AIHWKit's (Analog SGD,
 both update modes; one Tiki-Taka transfer); the forward and backward passes give the same output
-mean and variance; short training runs land inside AIHWKit's seed-to-seed spread. Then the
+mean and variance; short seeded training runs on a learnable stand-in learn as AIHWKit's do. Then the
 mechanics: configs equal to utils.devices', batching, state slicing, the scripts' --backend torch.
 """
 
@@ -818,14 +818,6 @@ def train(data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def accuracies(out: Path, experiment: str, name: str, seeds) -> list[float]:
-    values = []
-    for seed in seeds:
-        lines = (out / "runs" / experiment / name / f"seed{seed}" / "metrics.jsonl").read_text()
-        values.append(json.loads(lines.splitlines()[-1])["test_acc"])
-    return values
-
-
 def test_batched_script_writes_one_folder_per_run_and_resumes(mnist_root, tmp_path):
     flags = ("--backend", "torch", "--SETTING", "TT-v1", "--tau", "0.7", "0.8", "--seed", "0", "1")
     res = train(mnist_root, tmp_path, *flags, "--epochs", "1")
@@ -855,20 +847,89 @@ def test_batched_script_writes_one_folder_per_run_and_resumes(mnist_root, tmp_pa
     assert (tmp_path / "figures" / "fig5_mnist_fcn_torch.png").is_file()
 
 
-def test_torch_backend_lands_in_aihwkits_seed_spread(mnist_root, tmp_path):
-    """Every setting, 3 seeds, 2 epochs on the synthetic stand-in: the torch backend's mean test
-    accuracy lies within AIHWKit's range over seeds widened by 5 points (300 images: coarse)."""
-    seeds = ("0", "1", "2")
-    for setting in presets.SETTINGS:
-        common = ("--SETTING", setting, "--tau", "0.7", "--seed", *seeds, "--epochs", "2")
-        for backend in ("aihwkit", "torch"):
-            res = train(mnist_root, tmp_path, *common, "--backend", backend)
-            assert res.returncode == 0, res.stderr
-        name = setting if setting == "FP SGD" else f"{setting}-tau=0.7"
-        ref = accuracies(tmp_path, "MNIST-FCN", name, seeds)
-        ours = accuracies(tmp_path, "MNIST-FCN-torch", name, seeds)
-        mean = sum(ours) / len(ours)
-        assert min(ref) - 0.05 <= mean <= max(ref) + 0.05, (setting, ref, ours)
+# A learnable stand-in: 4 balanced classes (majority share 0.25), 16 inputs, Gaussian prototypes
+# with noise of std 1.5; one bias-free analog layer, 2 epochs of 400 samples in batches of 10.
+STAND_IN = {"classes": 4, "inputs": 16, "train": 400, "test": 2000, "noise": 1.5, "epochs": 2,
+            "batch": 10, "lr": 0.1}
+
+
+def stand_in_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    k, m = STAND_IN["classes"], STAND_IN["inputs"]
+    prototypes = torch.randn(k, m, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(n) % k
+    noise = torch.randn(n, m, generator=torch.Generator().manual_seed(seed))
+    return prototypes[y] + STAND_IN["noise"] * noise, y
+
+
+def stand_in_accuracies(setting: str, backend: str, runs: int) -> list[float]:
+    """Test accuracy of ``runs`` runs of ``setting`` trained on the stand-in from the same initial
+    weights and the same batches: AIHWKit one after the other (unseeded noise), the torch backend
+    as one batched, seeded model."""
+    import torch.nn.functional as F
+
+    x, y = stand_in_data(STAND_IN["train"], 1)
+    x_test, y_test = stand_in_data(STAND_IN["test"], 2)
+    out_size, in_size = STAND_IN["classes"], STAND_IN["inputs"]
+    w0 = torch.randn(out_size, in_size, generator=torch.Generator().manual_seed(3)) * 0.1
+    order = torch.Generator().manual_seed(0)
+    batches = [idx for _ in range(STAND_IN["epochs"])
+               for idx in torch.randperm(len(x), generator=order).split(STAND_IN["batch"])]
+    config = devices.rpu_config(setting, 0.7)
+    if backend == "aihwkit":
+        from aihwkit.optim import AnalogSGD
+
+        accuracies = []
+        for _ in range(runs):
+            layer, _ = aihwkit_layer(config, in_size, out_size)
+            layer.set_weights(w0)
+            opt = AnalogSGD(layer.parameters(), lr=STAND_IN["lr"])
+            for idx in batches:
+                opt.zero_grad()
+                F.cross_entropy(layer(x[idx]), y[idx]).backward()
+                opt.step()
+            with torch.no_grad():
+                accuracies.append(float((layer(x_test).argmax(1) == y_test).float().mean()))
+        return accuracies
+    torch.manual_seed(0)
+    layer = tnn.AnalogLinear(in_size, out_size, [from_aihwkit(config)] * runs, bias=False)
+    layer.set_weights(w0.expand(runs, -1, -1))
+    opt = tnn.AnalogSGD(layer.parameters(), lr=STAND_IN["lr"])
+    for idx in batches:
+        opt.zero_grad()
+        (F.cross_entropy(layer(x[idx].repeat(runs, 1)), y[idx].repeat(runs)) * runs).backward()
+        opt.step()
+    with torch.no_grad():
+        hits = layer(x_test.repeat(runs, 1)).argmax(1) == y_test.repeat(runs)
+    return hits.float().view(runs, -1).mean(1).tolist()
+
+
+FLOOR = 0.45  # above the majority-class share (0.25) and the initial weights' accuracy (0.325)
+
+
+def test_fp_sgd_trains_exactly_like_aihwkit():
+    """FP SGD is deterministic in both backends: the same accuracy on the stand-in."""
+    ours, theirs = (stand_in_accuracies("FP SGD", b, 1)[0] for b in ("torch", "aihwkit"))
+    assert ours == pytest.approx(theirs, abs=1 / STAND_IN["test"]) and ours > FLOOR
+
+
+@pytest.mark.parametrize("setting, margin", [("Analog SGD", 0.05), ("TT-v1", 0.1)])
+def test_torch_backend_learns_like_aihwkit(setting, margin):
+    """Analog SGD and Tiki-Taka v1 learn on the stand-in (every run above FLOOR, which neither a
+    one-class predictor nor the initial weights reach), and the torch backend's mean accuracy over
+    3 seeded runs lies within ``margin`` of AIHWKit's over 3 runs.
+
+    The torch runs are seeded, so their accuracies are fixed numbers; only AIHWKit's runtime noise
+    (not seedable) is random. Over 20 AIHWKit repeats (``python tests/measure_stand_in.py``) the
+    accuracy had mean 0.871, std 0.006 (Analog SGD) and mean 0.596, std 0.019 (TT-v1); the torch
+    backend's seeded 3-run means are 0.867 and 0.564. With AIHWKit's std taken 1.5 times the
+    measured one (0.009, 0.028): a run falls below FLOOR at ≥ 5.3 std (p < 1e-7 per run), and
+    AIHWKit's 3-run mean (std 0.005, 0.016) leaves the band around the torch mean at
+    (0.05 − 0.005)/0.005 = 8.9 std (Analog SGD) and (0.1 − 0.032)/0.016 = 4.2 std (TT-v1, p ≈ 1e-5):
+    failure probability below 1e-4 per run of this test."""
+    ours = stand_in_accuracies(setting, "torch", 3)
+    theirs = stand_in_accuracies(setting, "aihwkit", 3)
+    assert min(ours + theirs) > FLOOR, (ours, theirs)
+    assert abs(sum(ours) / 3 - sum(theirs) / 3) < margin, (ours, theirs)
 
 
 def test_reseeded_aihwkit_run_trains_into_its_own_folder(mnist_root, tmp_path):
