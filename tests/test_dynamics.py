@@ -102,6 +102,24 @@ def test_tiki_taka_drift_is_of_order_alpha_beta():
     assert abs(tiki_taka) < 0.1 * abs(analog)
 
 
+def test_tiki_taka_main_array_is_asymmetric_one_step():
+    """One noiseless Tiki-Taka step from P = 0: P₁ = βg (P starts at its symmetric point), and the
+    transfer W₁ = W₀ − αP₁ − (α/τ)|P₁| ⊙ W₀ moves a weight towards 0 further than away from it:
+    from W₀ = ±0.5τ with the same downward step the steps differ by a factor (1 + 0.5)/(1 − 0.5)
+    = 3. An ideal main array (W₁ = W₀ − αP₁) gives 1."""
+    tau, alpha, beta, g = 2.0, 0.1, 0.05, 0.4
+    w0 = torch.tensor([0.5 * tau, -0.5 * tau])
+    p = torch.nn.Parameter(w0.clone())
+    opt = TikiTakaDynamic([p], lr=alpha, beta=beta, tau=tau)
+    p.grad = torch.full((2,), g)
+    opt.step()
+    p1 = beta * g
+    expected = w0 - alpha * p1 - alpha / tau * abs(p1) * w0
+    torch.testing.assert_close(opt.main_array(p), expected, rtol=1e-6, atol=0)
+    steps = (p.detach() - w0).abs()
+    assert float(steps[0] / steps[1]) == pytest.approx(3.0, rel=1e-3)
+
+
 @pytest.mark.parametrize("make", [
     lambda ps: NoisySGD(ps, lr=-0.1),
     lambda ps: AnalogSGDDynamic(ps, lr=0.1, tau=0.0),

@@ -62,6 +62,8 @@ def cpp_kernels(on: bool):
         native.set_native(False)
 
 
+UPDATE_MODES_TESTED = ("moment", "pulse")
+
 # the torch backend's update variants: (update mode, C++ kernels)
 VARIANTS = {"moment": ("moment", False), "moment-cpp": ("moment", True), "pulse": ("pulse", False),
             "pulse-cpp": ("pulse", True)}
@@ -223,7 +225,97 @@ def test_tiki_taka_transfer_matches_aihwkit():
         assert rel(ours.var(0), theirs.var(0)) < TOLERANCE, variant
 
 
+def _changed_columns(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    return (after != before).any(0).nonzero().flatten().tolist()
+
+
+def test_tiki_taka_transfer_visits_the_columns_in_order_and_wraps_around():
+    """With A held away from 0 and no gradient, each mini-batch transfers one column of A onto C:
+    columns 0, 1, 2, 3 and then 0 again, in AIHWKit and in the torch backend (both modes)."""
+    from aihwkit.optim import AnalogSGD
+
+    torch.manual_seed(0)
+    config = devices.rpu_config("TT-v1", 0.7)
+    config.mapping.learn_out_scaling = False
+    layer, tile = aihwkit_layer(config, 4, 6)
+    tile.set_weights(torch.zeros(6, 4))
+    hidden = tile.get_hidden_parameters()
+    hidden["hidden_weights_0"] = torch.full((6, 4), 0.3)
+    tile.set_hidden_parameters(hidden)
+    optimizer = AnalogSGD(layer.parameters(), lr=0.05)
+    theirs = []
+    for _ in range(5):
+        before = tile.tile.get_weights().clone()
+        optimizer.zero_grad()
+        (layer(torch.zeros(2, 4)) * torch.zeros(2, 6)).sum().backward()
+        optimizer.step()
+        theirs.append(_changed_columns(before, tile.tile.get_weights()))
+    assert theirs == [[0], [1], [2], [3], [0]]
+    for mode in UPDATE_MODES_TESTED:
+        ours = AnalogTile(6, 4, [from_aihwkit(config)], update_mode=mode)
+        ours.set_weights(torch.zeros(1, 6, 4))
+        ours.fast.weight.fill_(0.3)
+        visited = []
+        for _ in range(5):
+            before = ours.weight.clone()
+            ours.stash(torch.zeros(1, 2, 4), torch.zeros(1, 2, 6))
+            ours.apply_update(0.05)
+            visited.append(_changed_columns(before[0], ours.weight[0]))
+        assert visited == theirs, mode
+
+
+def test_tiki_taka_transfer_onto_c_feels_cs_soft_bounds():
+    """One transfer of a positive column of A onto C (≈ 15 pulses up per device): a device of C
+    held at half its upper bound moves by (1 − 0.5) of a free step, the same device held at half
+    its lower bound by (1 + 0.5·|b_min|/b_max): ≈ 3 times more (soft bounds on the main array, the
+    dynamic's −(α/τ)|P| ⊙ W term). 300 runs at each weight, per device of C's column 0 the mean
+    step's ratio is within 5 % of that on average (its sampling error ≈ 1 %) and above 2 for every
+    device; an ideal main array gives 1."""
+    torch.manual_seed(0)
+    config = presets.rpu_config("TT-v1", 0.7)
+    runs = 600
+    for mode in UPDATE_MODES_TESTED:
+        tile = AnalogTile(20, 2, [config] * runs, update_mode=mode)
+        b_max, b_min = tile.slow.max_bound[0, :, 0], tile.slow.min_bound[0, :, 0]  # every run's
+        high = (torch.arange(runs) < runs // 2).view(-1, 1, 1)
+        tile.slow.weight.copy_(torch.where(high, 0.5 * tile.slow.max_bound,
+                                           0.5 * tile.slow.min_bound))
+        w0 = tile.slow.weight.clone()
+        tile.fast.weight.fill_(0.3)
+        tile.stash(torch.zeros(runs, 1, 2), torch.zeros(runs, 1, 20))
+        tile.apply_update(0.05)
+        moved = (tile.slow.weight - w0)[:, :, 0]  # (runs, rows)
+        ratio = moved[runs // 2:].mean(0) / moved[:runs // 2].mean(0)
+        expected = (1 - 0.5 * b_min / b_max) / 0.5
+        assert float((ratio / expected).mean()) == pytest.approx(1, abs=0.05), mode
+        assert float(ratio.min()) > 2, mode
+
+
 # --- forward and backward -------------------------------------------------------------------------
+
+def test_dac_and_adc_steps_are_the_configured_resolutions():
+    """From first principles: AIHWKit's 7-bit DAC (inp_res 1/126) has 126 steps across ±inp_bound
+    = ±1, so inputs land on multiples of 2/126; its 9-bit ADC (out_res 1/510) has 510 steps
+    across ±out_bound = ±12, so outputs land on multiples of 24/510. A one-device pass (weight 1)
+    without noise or management, the tensor operations and the C++ pass."""
+    from utils.analog_torch.tile import analog_mvm
+
+    io = dataclasses.replace(presets.rpu_config("Analog SGD", 0.7).forward, out_noise=0.0,
+                             noise_management="none", bound_management="none")
+    assert (io.inp_res, io.inp_bound, io.out_res, io.out_bound) == (1 / 126, 1.0, 1 / 510, 12.0)
+    x = torch.linspace(-1.3, 1.3, 2001).view(1, -1, 1)
+    one = torch.ones(1, 1, 1)
+    dac = dataclasses.replace(io, out_res=0.0)  # the DAC alone
+    adc = dataclasses.replace(io, inp_res=0.0)  # the ADC alone
+    for cpp in (False, True):
+        with cpp_kernels(cpp):
+            torch.testing.assert_close(analog_mvm(one, x, dac), (x.clamp(-1, 1) * 63).round() / 63,
+                                       rtol=0, atol=1e-6)
+            y = analog_mvm(one * 13, x, adc)  # outputs up to 13 > 12: clipped
+            torch.testing.assert_close(y, (x.clamp(-1, 1) * 13 / (24 / 510)).round()
+                                       .clamp(-255, 255) * (24 / 510), rtol=0, atol=1e-5)
+        assert float(y.abs().max()) == pytest.approx(12.0)
+
 
 def test_forward_and_backward_match_aihwkit():
     """Default IO (7-bit DAC, 9-bit ADC, output noise, ABS_MAX, ITERATIVE bound management); the
