@@ -317,6 +317,53 @@ def test_dac_and_adc_steps_are_the_configured_resolutions():
         assert float(y.abs().max()) == pytest.approx(12.0)
 
 
+@pytest.mark.parametrize("bound_management", ["iterative", "none"])
+def test_io_pass_without_noise_equals_aihwkits_within_one_adc_step(bound_management):
+    """Without output noise AIHWKit's forward and backward passes are deterministic, and ours
+    (tensor operations and C++) equal them within one ADC step (24/510 times the sample's max|x|,
+    the noise-management scale) on random weights and inputs of both signs, a sample with a zero
+    input block, and a sample that drives output 0 to ≈ 17 > 12: with ITERATIVE bound management
+    that output is rescued (≈ 17), without it clipped at the ADC bound 12 and its error masked in
+    the backward pass."""
+    torch.manual_seed(3)
+    in_size, out_size = 40, 8
+    config = analog_sgd_config()
+    config.forward.out_noise = config.backward.out_noise = 0.0
+    if bound_management == "none":
+        from aihwkit.simulator.parameters.enums import BoundManagementType
+
+        config.forward.bound_management = BoundManagementType.NONE
+    layer, tile = aihwkit_layer(config, in_size, out_size)
+    w = ((torch.rand(out_size, in_size) * 2 - 1) * 0.6).clamp(-0.45, 0.45)
+    w[0] = 0.45
+    tile.set_weights(w)
+    w = tile.tile.get_weights()
+    x = torch.rand(6, in_size) * 2 - 1
+    x[2] = 1.0  # output 0 of sample 2: 40 · 0.45 ≈ 17 > 12
+    x[3, :5] = 0
+    d = torch.randn(6, out_size)
+    ours = tnn.AnalogLinear(in_size, out_size, [from_aihwkit(config)], bias=False)
+    copy_devices(tile.get_hidden_parameters(), ours.tiles[0].array)
+    ours.set_weights(w[None])
+
+    def passes(module) -> tuple[torch.Tensor, torch.Tensor]:
+        xs = x.clone().requires_grad_(True)
+        y = module(xs)
+        y.backward(d)
+        return y.detach(), xs.grad
+    y_ref, g_ref = passes(layer)
+    if bound_management == "iterative":
+        assert float(y_ref[2, 0]) > 16
+    else:
+        assert float(y_ref[2, 0]) == pytest.approx(12.0)
+    step = 24 / 510
+    for cpp in (False, True):
+        with cpp_kernels(cpp):
+            y, g = passes(ours)
+        assert bool(((y - y_ref).abs() <= step * x.abs().amax(1, keepdim=True)).all()), cpp
+        assert bool(((g - g_ref).abs() <= step * d.abs().amax(1, keepdim=True)).all()), cpp
+
+
 def test_forward_and_backward_match_aihwkit():
     """Default IO (7-bit DAC, 9-bit ADC, output noise, ABS_MAX, ITERATIVE bound management); the
     last sample drives outputs past the ADC bound, so bound management acts."""
@@ -669,6 +716,33 @@ def test_closed_form_of_n_pulses_equals_pulse_by_pulse_and_is_smooth_at_zero():
         assert abs(float(ours[0]) - exact) < 1e-6, (r, float(ours[0]), exact)
 
 
+def test_a_step_near_the_bound_shrinks_before_any_clip():
+    """Soft bounds act on the step itself, not by clipping after it: from w = 0.95·b_max an up
+    step is 0.05 of the same step from w = 0, in the closed form of n pulses and in the pulsed
+    device (both modes, 400 runs of each start; ≈ 15 pulses per device, so neither start
+    reaches the bound)."""
+    from utils.analog_torch.tile import _soft_bounds_mean
+
+    s, b = torch.tensor([0.001]), torch.tensor([0.7])
+    n, zero = torch.tensor([15.0]), torch.zeros(1)
+    near = _soft_bounds_mean(0.95 * b, s, s, b, -b, n, zero) - 0.95 * b
+    free = _soft_bounds_mean(zero, s, s, b, -b, n, zero)
+    assert float(near / free) == pytest.approx(0.05, rel=0.02)
+    torch.manual_seed(0)
+    runs, x, d = 400, torch.ones(1, 1, 1), -torch.full((1, 1, 8), 0.3)  # ΔW = +lr·0.3 per device
+    for mode in UPDATE_MODES_TESTED:
+        tile = AnalogTile(8, 1, [presets.rpu_config("Analog SGD", 0.7)] * runs, update_mode=mode)
+        b_max = tile.array.max_bound
+        start = torch.where((torch.arange(runs) < runs // 2).view(-1, 1, 1), 0.95 * b_max, 0.0)
+        tile.set_weights(start)
+        tile.stash(x.expand(runs, -1, -1), d.expand(runs, -1, -1))
+        tile.apply_update(0.05)
+        step = (tile.weight - start)[..., 0]  # (runs, 8 devices)
+        assert bool((tile.weight < b_max).all()), mode  # no weight reached (or was clipped to) b
+        ratio = step[:runs // 2].mean(0) / step[runs // 2:].mean(0)
+        assert float(ratio.mean()) == pytest.approx(0.05, abs=0.01), mode
+
+
 @pytest.mark.parametrize("case", ["large", "small", "signs", "signs-many"])
 def test_cpp_moment_update_equals_the_tensor_operations(case):
     """Mean and variance of ΔW over many repeats: the C++ moment update against the tensor
@@ -811,12 +885,18 @@ def test_cpp_kernels_repeat_under_a_seed_and_fall_back_when_they_cannot_be_built
 
 
 def test_compiled_update_equals_eager():
-    """torch.compile's fused moment update (used where the C++ kernels cannot be built)."""
+    """torch.compile's fused moment update (used where the C++ kernels cannot be built). Where
+    compiling fails the tile falls back to the eager function (and says so); the test then skips
+    by name instead of comparing eager with eager."""
+    from utils.analog_torch import tile as tile_module
+
     config = presets.rpu_config("Analog SGD", 0.7)
     outs = []
     for compiled in (False, True):
         set_compile(compiled)
         native.set_native(False)
+        tile_module._COMPILED.pop("moment", None)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         try:
             tile = AnalogTile(7, 9, [config] * 2)
             tile.set_weights(torch.full((2, 7, 9), 0.1))
@@ -826,8 +906,15 @@ def test_compiled_update_equals_eager():
             tile.stash(x, torch.randn(2, 5, 7) * 0.1)
             tile.apply_update(0.05)
             outs.append(tile.weight.clone())
+            fused = tile_module._COMPILED.get("moment")
         finally:
             set_compile(False)
+        # a fallback replaces the compiled call by the eager function; a disabled compiler
+        # (TORCHDYNAMO_DISABLE) compiles no graph
+        if compiled and (fused in (None, tile_module._moment_update)
+                         or torch._dynamo.utils.counters["stats"]["unique_graphs"] <= graphs):
+            pytest.skip("torch.compile could not compile the moment update here (it fell back "
+                        "to the eager function)")
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-7)
     assert float((outs[0] - 0.1).abs().max()) > 0
 
