@@ -1176,14 +1176,18 @@ def test_a12_trains_with_the_torch_backend(tmp_path):
 def test_s2_with_the_torch_backend_tracks_like_aihwkit(tmp_path):
     """Figure 3's pulsed curve by the torch backend: with the variance-matched weight noise the
     plateau sits several times above the dynamic's, with the authors' noise near it, as with
-    AIHWKit (README: ratios 6.9–13.4 and 0.5–1.3 at the full budget)."""
+    AIHWKit (README: ratios 6.9–13.4 and 0.5–1.3 at the full budget). The run is seeded (seed
+    618), so the ratios are fixed numbers here: 1.63 and 8.88. Over 9 seeds (0–7 and 618) at this
+    budget they ranged 0.98–1.63 (mean 1.22, std 0.20) and 6.79–8.88 (mean 7.77, std 0.66), and
+    matched/authors 5.45–7.02 (mean 6.42, std 0.53); each bound below is its mean ± 4 std, so
+    another seed or another platform's rounding stays inside with p < 1e-4 per bound."""
     cmd = [sys.executable, "S2-dynamic-verification.py", "--backend", "torch", "--tau", "1.5",
            "--steps", "600", "--out", str(tmp_path)]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     row = (tmp_path / "tables" / "fig3_tracking_torch.md").read_text().splitlines()[-1]
     authors, matched = float(row.split("|")[5]), float(row.split("|")[7])
-    assert 0.2 < authors < 3 and matched > 3, row
+    assert 0.45 < authors < 2.0 and 5.0 < matched < 10.5 and matched > 4.3 * authors, row
     assert (tmp_path / "figures" / "fig3_dynamic_vs_aihwkit_torch.png").is_file()
 
 
