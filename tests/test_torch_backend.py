@@ -264,6 +264,25 @@ def test_tiki_taka_transfer_visits_the_columns_in_order_and_wraps_around():
         assert visited == theirs, mode
 
 
+def test_tiki_taka_transfer_write_scales_with_the_scheduled_lr():
+    """scale_transfer_lr (the authors' setting): the transfer writes A's column onto C at
+    transfer_lr × lr, so halving the SGD learning rate (as a StepLR schedule does) halves the
+    mean transfer step (≈ 15 and 7.5 pulses per device; 300 runs each, within 5 %), in both modes."""
+    config = presets.rpu_config("TT-v1", 0.7)
+    assert config.device.scale_transfer_lr
+    runs = 300
+    for mode in UPDATE_MODES_TESTED:
+        steps = []
+        for lr in (0.05, 0.025):
+            torch.manual_seed(0)
+            tile = AnalogTile(20, 2, [config] * runs, update_mode=mode)
+            tile.fast.weight.fill_(0.3)
+            tile.stash(torch.zeros(runs, 1, 2), torch.zeros(runs, 1, 20))
+            tile.apply_update(lr)
+            steps.append(float(tile.slow.weight[:, :, 0].mean()))
+        assert steps[0] / steps[1] == pytest.approx(2.0, rel=0.05), (mode, steps)
+
+
 def test_tiki_taka_transfer_onto_c_feels_cs_soft_bounds():
     """One transfer of a positive column of A onto C (≈ 15 pulses up per device): a device of C
     held at half its upper bound moves by (1 − 0.5) of a free step, the same device held at half
