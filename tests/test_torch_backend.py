@@ -225,6 +225,30 @@ def test_tiki_taka_transfer_matches_aihwkit():
         assert rel(ours.var(0), theirs.var(0)) < TOLERANCE, variant
 
 
+def test_pulse_probabilities_and_bit_length_on_hand_made_cases():
+    """AIHWKit's bit-length and update management, worked by hand (lr/dw_min = 10, desired_bl 31):
+    - x = (0.5, −1), d = (0.2, 0.4): k = 10·1·0.4 = 4 slots; update management scales x by
+      √(10/4 · 0.4/1) = 1 and d by √(10/4 · 1/0.4) = 2.5: p = (0.5, 1), q = (0.5, 1), and the
+      expected count 4·p·q is 10·|x d| on every device (1, 2, 2, 4);
+    - x = 1, d = 10: k = 100 > 31: 31 slots, d's side scaled so that x's largest element fires
+      in every slot (p = 1) and q clips at 1: the update is capped at 31 pulses;
+    - a sample without input gives no slot."""
+    from utils.analog_torch.tile import pulse_probabilities
+
+    dw = torch.full((1, 1, 1), 1e-3)
+    x, d = torch.tensor([[[0.5, -1.0]]]), torch.tensor([[[0.2, 0.4]]])
+    p, q, bl = pulse_probabilities(x, d, 0.01, dw, 31)
+    torch.testing.assert_close(bl, torch.tensor([[[4.0]]]))
+    torch.testing.assert_close(p, torch.tensor([[[0.5, 1.0]]]))
+    torch.testing.assert_close(q, torch.tensor([[[0.5, 1.0]]]))
+    counts = bl * q.transpose(-1, -2) * p  # (out, in)
+    torch.testing.assert_close(counts, 10 * (d.transpose(-1, -2) * x).abs())
+    p, q, bl = pulse_probabilities(torch.ones(1, 1, 1), torch.full((1, 1, 1), 10.0), 0.01, dw, 31)
+    assert (float(bl), float(p), float(q)) == (31.0, 1.0, 1.0)
+    p, q, bl = pulse_probabilities(torch.zeros(1, 1, 2), d, 0.01, dw, 31)
+    assert float(bl) == 0 and float(p.abs().sum() + q.abs().sum()) == 0
+
+
 def _changed_columns(before: torch.Tensor, after: torch.Tensor) -> list[int]:
     return (after != before).any(0).nonzero().flatten().tolist()
 
