@@ -354,6 +354,9 @@ def test_dac_and_adc_steps_are_the_configured_resolutions():
         with cpp_kernels(cpp):
             torch.testing.assert_close(analog_mvm(one, x, dac), (x.clamp(-1, 1) * 63).round() / 63,
                                        rtol=0, atol=1e-6)
+            # a resolution above 1 is a number of steps (AIHWKit's convention): 126 is 1/126
+            torch.testing.assert_close(analog_mvm(one, x, dataclasses.replace(dac, inp_res=126.0)),
+                                       analog_mvm(one, x, dac), rtol=0, atol=0)
             y = analog_mvm(one * 13, x, adc)  # outputs up to 13 > 12: clipped
             torch.testing.assert_close(y, (x.clamp(-1, 1) * 13 / (24 / 510)).round()
                                        .clamp(-255, 255) * (24 / 510), rtol=0, atol=1e-5)
