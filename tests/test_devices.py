@@ -111,8 +111,10 @@ def test_mnist_settings():
 
 def test_mean_pulsed_update_matches_the_analog_dynamic():
     """With update noise off, the mean of many single pulsed updates of AIHWKit's soft-bounds device
-    is W + Δ − |Δ|⊙W/τ (the ALD, paper eq. 8), Δ = −lr·d xᵀ: within 5 % of |Δ| plus 4 standard
-    errors per element; and clearly not the symmetric W + Δ."""
+    is W + Δ − |Δ|⊙W/τ (the ALD, paper eq. 8), Δ = −lr·d xᵀ: within 5 % of |Δ| plus 5 standard
+    errors per element; and clearly not the symmetric W + Δ. AIHWKit's pulses are not seeded: with
+    24 elements and the mean Gaussian over 3,000 repeats, a false failure needs one element beyond
+    5 standard errors, p < 24 · 5.7e-7 ≈ 1.4e-5 (ignoring the 5 % of |Δ|)."""
     torch.manual_seed(0)
     tau, lr, trials = 1.0, 0.05, 3000
     layer = AnalogLinear(6, 4, bias=False, rpu_config=least_squares_config(tau, 1e-3, 0.0, 1000))
@@ -129,7 +131,7 @@ def test_mean_pulsed_update_matches_the_analog_dynamic():
     mean, stderr = samples.mean(0), samples.std(0) / math.sqrt(trials)
     delta = -lr * d.T @ x
     expected = w0 + delta - delta.abs() * w0 / tau
-    assert ((mean - expected).abs() <= 0.05 * delta.abs() + 4 * stderr + 1e-6).all()
+    assert ((mean - expected).abs() <= 0.05 * delta.abs() + 5 * stderr + 1e-6).all()
     drift = delta.abs() * w0.abs() / tau
     big = drift > 0.01
     assert big.sum() >= 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -74,6 +76,21 @@ def test_tiki_taka_plateau_lies_below_analog_sgd_at_small_tau(plateaus):
     assert p["tiki-taka/2.0"] < 1.5 * p["digital"]
 
 
+def test_noisy_gradient_adds_noise_of_std_sigma():
+    """σ = 0 returns the gradient itself; σ = 1 and σ = 0.3 add noise of that std (10⁵ draws:
+    the std within 2 %, > 9 standard errors of the estimate)."""
+    from utils.dynamics import noisy_gradient
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.zeros(100_000))
+    p.grad = torch.full((100_000,), 0.5)
+    assert torch.equal(noisy_gradient(p, 0.0), p.grad)
+    for sigma in (1.0, 0.3):
+        noise = noisy_gradient(p, sigma) - 0.5
+        assert float(noise.std()) == pytest.approx(sigma, rel=0.02)
+        assert abs(float(noise.mean())) < 5 * sigma / 100_000 ** 0.5
+
+
 def test_amplification_factor_grows_with_saturation():
     assert amplification_factor([0.0, 0.0], tau=1.0) == 0.0
     assert amplification_factor([0.5], tau=1.0) == pytest.approx(0.25 / 0.75)
@@ -102,6 +119,24 @@ def test_tiki_taka_drift_is_of_order_alpha_beta():
     assert abs(tiki_taka) < 0.1 * abs(analog)
 
 
+def test_tiki_taka_main_array_is_asymmetric_one_step():
+    """One noiseless Tiki-Taka step from P = 0: P₁ = βg (P starts at its symmetric point), and the
+    transfer W₁ = W₀ − αP₁ − (α/τ)|P₁| ⊙ W₀ moves a weight towards 0 further than away from it:
+    from W₀ = ±0.5τ with the same downward step the steps differ by a factor (1 + 0.5)/(1 − 0.5)
+    = 3. An ideal main array (W₁ = W₀ − αP₁) gives 1."""
+    tau, alpha, beta, g = 2.0, 0.1, 0.05, 0.4
+    w0 = torch.tensor([0.5 * tau, -0.5 * tau])
+    p = torch.nn.Parameter(w0.clone())
+    opt = TikiTakaDynamic([p], lr=alpha, beta=beta, tau=tau)
+    p.grad = torch.full((2,), g)
+    opt.step()
+    p1 = beta * g
+    expected = w0 - alpha * p1 - alpha / tau * abs(p1) * w0
+    torch.testing.assert_close(opt.main_array(p), expected, rtol=1e-6, atol=0)
+    steps = (p.detach() - w0).abs()
+    assert float(steps[0] / steps[1]) == pytest.approx(3.0, rel=1e-3)
+
+
 @pytest.mark.parametrize("make", [
     lambda ps: NoisySGD(ps, lr=-0.1),
     lambda ps: AnalogSGDDynamic(ps, lr=0.1, tau=0.0),
@@ -111,3 +146,78 @@ def test_tiki_taka_drift_is_of_order_alpha_beta():
 def test_invalid_hyper_parameters_are_rejected(make):
     with pytest.raises(ValueError):
         make([torch.nn.Parameter(torch.zeros(2))])
+
+
+# --- the paper's claims on a small budget (600 full-batch steps of S3.2 at step size 0.1) ---------
+
+SMALL = dict(steps=600, lr=0.1, tau=2.0, sigma=0.1)
+
+
+def _tiki_taka(tau: float, sigma: float, lr: float):
+    """Tiki-Taka with effective step ``lr`` and a memory of 30 steps on P (as S3.1)."""
+    mean_abs = sigma * (2 / torch.pi) ** 0.5
+    return lambda ps: TikiTakaDynamic(ps, lr * mean_abs / tau, tau / (30 * mean_abs), tau, sigma)
+
+
+@pytest.fixture(scope="module")
+def small_runs() -> dict:
+    problem = make_problem("S3.2")
+    steps, lr, tau, sigma = SMALL["steps"], SMALL["lr"], SMALL["tau"], SMALL["sigma"]
+    runs = {"digital": (lambda ps: NoisySGD(ps, lr=lr, sigma=sigma), 0.0)}
+    for s in (0.03, 0.3):  # σ ablation of Analog SGD (σ = 0.1 is the init run at 0 below)
+        runs[f"analog/sigma={s}"] = (lambda ps, s=s: AnalogSGDDynamic(ps, lr, tau, s), 0.0)
+    for init in (0.0, 1.0, -1.0):  # initialisation ablation: W₀ = init everywhere
+        runs[f"analog/init={init}"] = (lambda ps: AnalogSGDDynamic(ps, lr, tau, sigma), init)
+    for t in (1.5, 5.0):  # Tiki-Taka across τ
+        runs[f"tiki-taka/{t}"] = (_tiki_taka(t, sigma, lr), 0.0)
+    return {k: run_dynamic(problem, make, steps=steps, init=init)
+            for k, (make, init) in runs.items()}
+
+
+def test_sigma_ablation_plateau_grows_with_sigma2_figure_4b(small_runs):
+    """Analog SGD's plateau rises with the noise σ²: σ = 0.03, 0.1, 0.3 each at least 2× above the
+    previous (digital SGD's noise floor alone scales as σ²)."""
+    p = [plateau(small_runs[k]["loss"]) for k in
+         ("analog/sigma=0.03", "analog/init=0.0", "analog/sigma=0.3")]
+    assert p[1] > 2 * p[0] and p[2] > 2 * p[1], p
+
+
+def test_initialisation_ablation_ends_at_one_level_figure_4c(small_runs):
+    """Analog SGD started from W₀ = 0, +τ/2 and −τ/2 (weights and bias) ends on one plateau: the
+    three plateaus within 15 % of each other, although the starts differ by far more."""
+    starts = [small_runs[f"analog/init={i}"]["loss"][0] for i in (0.0, 1.0, -1.0)]
+    ends = [plateau(small_runs[f"analog/init={i}"]["loss"]) for i in (0.0, 1.0, -1.0)]
+    assert max(starts) > 3 * min(starts)
+    assert max(ends) < 1.15 * min(ends), ends
+
+
+def test_tiki_taka_stays_near_digital_across_tau_figure_4a(small_runs):
+    """Tiki-Taka's plateau stays within 1.5× digital SGD's at τ = 1.5 and 5, while Analog SGD's at
+    τ = 2 lies above both."""
+    digital = plateau(small_runs["digital"]["loss"])
+    for tau in (1.5, 5.0):
+        assert plateau(small_runs[f"tiki-taka/{tau}"]["loss"]) < 1.5 * digital, tau
+    assert plateau(small_runs["analog/init=0.0"]["loss"]) > 1.5 * digital
+
+
+def test_theorem_2_bound_holds_with_its_step_size(small_runs):
+    """Theorem 2: with α = √((f(W₀) − f*)/(σ²LK)) ≤ 1/L, the mean of ‖∇f(W_k)‖² over K steps is at
+    most 4√((f(W₀) − f*)σ²L/K)/(1 − W_max²/τ²) + 4σ²S_K, σ² the total gradient-noise variance
+    (σ² per element over d + 1 parameters), L the largest Hessian eigenvalue of the train loss."""
+    problem = make_problem("S3.2")
+    tau, sigma, steps = SMALL["tau"], SMALL["sigma"], SMALL["steps"]
+    ones = torch.ones(problem.A.shape[0], 1)
+    design = torch.cat([problem.A, ones], 1)
+    hessian = 2 * problem.loss_factor / problem.A.shape[0] * design.T @ design
+    L = float(torch.linalg.eigvalsh(hessian).max())
+    f0 = float(problem.train_loss(torch.zeros_like(problem.y)))  # W₀ = 0; f* = 0 (exact fit)
+    noise = sigma ** 2 * (problem.d + 1)
+    alpha = math.sqrt(f0 / (noise * L * steps))
+    assert alpha <= 1 / L  # where the theorem applies
+    curve = run_dynamic(problem, lambda ps: AnalogSGDDynamic(ps, alpha, tau, sigma), steps=steps)
+    w_max = max(curve["w_inf"])
+    assert w_max < tau
+    lhs = sum(curve["grad_norm_sq"][:steps]) / steps
+    rhs = (4 * math.sqrt(f0 * noise * L / steps) / (1 - w_max ** 2 / tau ** 2)
+           + 4 * noise * amplification_factor(curve["w_inf"], tau))
+    assert lhs <= rhs, (lhs, rhs)

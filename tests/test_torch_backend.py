@@ -3,7 +3,7 @@
 Fidelity: one update of a tile with AIHWKit's device parameters copied in, repeated many times
 from the same weights, gives per-element mean and variance within 5 % of AIHWKit's (Analog SGD,
 both update modes; one Tiki-Taka transfer); the forward and backward passes give the same output
-mean and variance; short training runs land inside AIHWKit's seed-to-seed spread. Then the
+mean and variance; short seeded training runs on a learnable stand-in learn as AIHWKit's do. Then the
 mechanics: configs equal to utils.devices', batching, state slicing, the scripts' --backend torch.
 """
 
@@ -61,6 +61,8 @@ def cpp_kernels(on: bool):
     finally:
         native.set_native(False)
 
+
+UPDATE_MODES_TESTED = ("moment", "pulse")
 
 # the torch backend's update variants: (update mode, C++ kernels)
 VARIANTS = {"moment": ("moment", False), "moment-cpp": ("moment", True), "pulse": ("pulse", False),
@@ -223,7 +225,190 @@ def test_tiki_taka_transfer_matches_aihwkit():
         assert rel(ours.var(0), theirs.var(0)) < TOLERANCE, variant
 
 
+def test_pulse_probabilities_and_bit_length_on_hand_made_cases():
+    """AIHWKit's bit-length and update management, worked by hand (lr/dw_min = 10, desired_bl 31):
+    - x = (0.5, −1), d = (0.2, 0.4): k = 10·1·0.4 = 4 slots; update management scales x by
+      √(10/4 · 0.4/1) = 1 and d by √(10/4 · 1/0.4) = 2.5: p = (0.5, 1), q = (0.5, 1), and the
+      expected count 4·p·q is 10·|x d| on every device (1, 2, 2, 4);
+    - x = 1, d = 10: k = 100 > 31: 31 slots, d's side scaled so that x's largest element fires
+      in every slot (p = 1) and q clips at 1: the update is capped at 31 pulses;
+    - a sample without input gives no slot."""
+    from utils.analog_torch.tile import pulse_probabilities
+
+    dw = torch.full((1, 1, 1), 1e-3)
+    x, d = torch.tensor([[[0.5, -1.0]]]), torch.tensor([[[0.2, 0.4]]])
+    p, q, bl = pulse_probabilities(x, d, 0.01, dw, 31)
+    torch.testing.assert_close(bl, torch.tensor([[[4.0]]]))
+    torch.testing.assert_close(p, torch.tensor([[[0.5, 1.0]]]))
+    torch.testing.assert_close(q, torch.tensor([[[0.5, 1.0]]]))
+    counts = bl * q.transpose(-1, -2) * p  # (out, in)
+    torch.testing.assert_close(counts, 10 * (d.transpose(-1, -2) * x).abs())
+    p, q, bl = pulse_probabilities(torch.ones(1, 1, 1), torch.full((1, 1, 1), 10.0), 0.01, dw, 31)
+    assert (float(bl), float(p), float(q)) == (31.0, 1.0, 1.0)
+    p, q, bl = pulse_probabilities(torch.zeros(1, 1, 2), d, 0.01, dw, 31)
+    assert float(bl) == 0 and float(p.abs().sum() + q.abs().sum()) == 0
+
+
+def _changed_columns(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    return (after != before).any(0).nonzero().flatten().tolist()
+
+
+def test_tiki_taka_transfer_visits_the_columns_in_order_and_wraps_around():
+    """With A held away from 0 and no gradient, each mini-batch transfers one column of A onto C:
+    columns 0, 1, 2, 3 and then 0 again, in AIHWKit and in the torch backend (both modes)."""
+    from aihwkit.optim import AnalogSGD
+
+    torch.manual_seed(0)
+    config = devices.rpu_config("TT-v1", 0.7)
+    config.mapping.learn_out_scaling = False
+    layer, tile = aihwkit_layer(config, 4, 6)
+    tile.set_weights(torch.zeros(6, 4))
+    hidden = tile.get_hidden_parameters()
+    hidden["hidden_weights_0"] = torch.full((6, 4), 0.3)
+    tile.set_hidden_parameters(hidden)
+    optimizer = AnalogSGD(layer.parameters(), lr=0.05)
+    theirs = []
+    for _ in range(5):
+        before = tile.tile.get_weights().clone()
+        optimizer.zero_grad()
+        (layer(torch.zeros(2, 4)) * torch.zeros(2, 6)).sum().backward()
+        optimizer.step()
+        theirs.append(_changed_columns(before, tile.tile.get_weights()))
+    assert theirs == [[0], [1], [2], [3], [0]]
+    for mode in UPDATE_MODES_TESTED:
+        ours = AnalogTile(6, 4, [from_aihwkit(config)], update_mode=mode)
+        ours.set_weights(torch.zeros(1, 6, 4))
+        ours.fast.weight.fill_(0.3)
+        visited = []
+        for _ in range(5):
+            before = ours.weight.clone()
+            ours.stash(torch.zeros(1, 2, 4), torch.zeros(1, 2, 6))
+            ours.apply_update(0.05)
+            visited.append(_changed_columns(before[0], ours.weight[0]))
+        assert visited == theirs, mode
+
+
+def test_tiki_taka_transfer_write_scales_with_the_scheduled_lr():
+    """scale_transfer_lr (the authors' setting): the transfer writes A's column onto C at
+    transfer_lr × lr, so halving the SGD learning rate (as a StepLR schedule does) halves the
+    mean transfer step (≈ 15 and 7.5 pulses per device; 300 runs each, within 5 %), in both modes."""
+    config = presets.rpu_config("TT-v1", 0.7)
+    assert config.device.scale_transfer_lr
+    runs = 300
+    for mode in UPDATE_MODES_TESTED:
+        steps = []
+        for lr in (0.05, 0.025):
+            torch.manual_seed(0)
+            tile = AnalogTile(20, 2, [config] * runs, update_mode=mode)
+            tile.fast.weight.fill_(0.3)
+            tile.stash(torch.zeros(runs, 1, 2), torch.zeros(runs, 1, 20))
+            tile.apply_update(lr)
+            steps.append(float(tile.slow.weight[:, :, 0].mean()))
+        assert steps[0] / steps[1] == pytest.approx(2.0, rel=0.05), (mode, steps)
+
+
+def test_tiki_taka_transfer_onto_c_feels_cs_soft_bounds():
+    """One transfer of a positive column of A onto C (≈ 15 pulses up per device): a device of C
+    held at half its upper bound moves by (1 − 0.5) of a free step, the same device held at half
+    its lower bound by (1 + 0.5·|b_min|/b_max): ≈ 3 times more (soft bounds on the main array, the
+    dynamic's −(α/τ)|P| ⊙ W term). 300 runs at each weight, per device of C's column 0 the mean
+    step's ratio is within 5 % of that on average (its sampling error ≈ 1 %) and above 2 for every
+    device; an ideal main array gives 1."""
+    torch.manual_seed(0)
+    config = presets.rpu_config("TT-v1", 0.7)
+    runs = 600
+    for mode in UPDATE_MODES_TESTED:
+        tile = AnalogTile(20, 2, [config] * runs, update_mode=mode)
+        b_max, b_min = tile.slow.max_bound[0, :, 0], tile.slow.min_bound[0, :, 0]  # every run's
+        high = (torch.arange(runs) < runs // 2).view(-1, 1, 1)
+        tile.slow.weight.copy_(torch.where(high, 0.5 * tile.slow.max_bound,
+                                           0.5 * tile.slow.min_bound))
+        w0 = tile.slow.weight.clone()
+        tile.fast.weight.fill_(0.3)
+        tile.stash(torch.zeros(runs, 1, 2), torch.zeros(runs, 1, 20))
+        tile.apply_update(0.05)
+        moved = (tile.slow.weight - w0)[:, :, 0]  # (runs, rows)
+        ratio = moved[runs // 2:].mean(0) / moved[:runs // 2].mean(0)
+        expected = (1 - 0.5 * b_min / b_max) / 0.5
+        assert float((ratio / expected).mean()) == pytest.approx(1, abs=0.05), mode
+        assert float(ratio.min()) > 2, mode
+
+
 # --- forward and backward -------------------------------------------------------------------------
+
+def test_dac_and_adc_steps_are_the_configured_resolutions():
+    """From first principles: AIHWKit's 7-bit DAC (inp_res 1/126) has 126 steps across ±inp_bound
+    = ±1, so inputs land on multiples of 2/126; its 9-bit ADC (out_res 1/510) has 510 steps
+    across ±out_bound = ±12, so outputs land on multiples of 24/510. A one-device pass (weight 1)
+    without noise or management, the tensor operations and the C++ pass."""
+    from utils.analog_torch.tile import analog_mvm
+
+    io = dataclasses.replace(presets.rpu_config("Analog SGD", 0.7).forward, out_noise=0.0,
+                             noise_management="none", bound_management="none")
+    assert (io.inp_res, io.inp_bound, io.out_res, io.out_bound) == (1 / 126, 1.0, 1 / 510, 12.0)
+    x = torch.linspace(-1.3, 1.3, 2001).view(1, -1, 1)
+    one = torch.ones(1, 1, 1)
+    dac = dataclasses.replace(io, out_res=0.0)  # the DAC alone
+    adc = dataclasses.replace(io, inp_res=0.0)  # the ADC alone
+    for cpp in (False, True):
+        with cpp_kernels(cpp):
+            torch.testing.assert_close(analog_mvm(one, x, dac), (x.clamp(-1, 1) * 63).round() / 63,
+                                       rtol=0, atol=1e-6)
+            # a resolution above 1 is a number of steps (AIHWKit's convention): 126 is 1/126
+            torch.testing.assert_close(analog_mvm(one, x, dataclasses.replace(dac, inp_res=126.0)),
+                                       analog_mvm(one, x, dac), rtol=0, atol=0)
+            y = analog_mvm(one * 13, x, adc)  # outputs up to 13 > 12: clipped
+            torch.testing.assert_close(y, (x.clamp(-1, 1) * 13 / (24 / 510)).round()
+                                       .clamp(-255, 255) * (24 / 510), rtol=0, atol=1e-5)
+        assert float(y.abs().max()) == pytest.approx(12.0)
+
+
+@pytest.mark.parametrize("bound_management", ["iterative", "none"])
+def test_io_pass_without_noise_equals_aihwkits_within_one_adc_step(bound_management):
+    """Without output noise AIHWKit's forward and backward passes are deterministic, and ours
+    (tensor operations and C++) equal them within one ADC step (24/510 times the sample's max|x|,
+    the noise-management scale) on random weights and inputs of both signs, a sample with a zero
+    input block, and a sample that drives output 0 to ≈ 17 > 12: with ITERATIVE bound management
+    that output is rescued (≈ 17), without it clipped at the ADC bound 12 and its error masked in
+    the backward pass."""
+    torch.manual_seed(3)
+    in_size, out_size = 40, 8
+    config = analog_sgd_config()
+    config.forward.out_noise = config.backward.out_noise = 0.0
+    if bound_management == "none":
+        from aihwkit.simulator.parameters.enums import BoundManagementType
+
+        config.forward.bound_management = BoundManagementType.NONE
+    layer, tile = aihwkit_layer(config, in_size, out_size)
+    w = ((torch.rand(out_size, in_size) * 2 - 1) * 0.6).clamp(-0.45, 0.45)
+    w[0] = 0.45
+    tile.set_weights(w)
+    w = tile.tile.get_weights()
+    x = torch.rand(6, in_size) * 2 - 1
+    x[2] = 1.0  # output 0 of sample 2: 40 · 0.45 ≈ 17 > 12
+    x[3, :5] = 0
+    d = torch.randn(6, out_size)
+    ours = tnn.AnalogLinear(in_size, out_size, [from_aihwkit(config)], bias=False)
+    copy_devices(tile.get_hidden_parameters(), ours.tiles[0].array)
+    ours.set_weights(w[None])
+
+    def passes(module) -> tuple[torch.Tensor, torch.Tensor]:
+        xs = x.clone().requires_grad_(True)
+        y = module(xs)
+        y.backward(d)
+        return y.detach(), xs.grad
+    y_ref, g_ref = passes(layer)
+    if bound_management == "iterative":
+        assert float(y_ref[2, 0]) > 16
+    else:
+        assert float(y_ref[2, 0]) == pytest.approx(12.0)
+    step = 24 / 510
+    for cpp in (False, True):
+        with cpp_kernels(cpp):
+            y, g = passes(ours)
+        assert bool(((y - y_ref).abs() <= step * x.abs().amax(1, keepdim=True)).all()), cpp
+        assert bool(((g - g_ref).abs() <= step * d.abs().amax(1, keepdim=True)).all()), cpp
+
 
 def test_forward_and_backward_match_aihwkit():
     """Default IO (7-bit DAC, 9-bit ADC, output noise, ABS_MAX, ITERATIVE bound management); the
@@ -577,6 +762,33 @@ def test_closed_form_of_n_pulses_equals_pulse_by_pulse_and_is_smooth_at_zero():
         assert abs(float(ours[0]) - exact) < 1e-6, (r, float(ours[0]), exact)
 
 
+def test_a_step_near_the_bound_shrinks_before_any_clip():
+    """Soft bounds act on the step itself, not by clipping after it: from w = 0.95·b_max an up
+    step is 0.05 of the same step from w = 0, in the closed form of n pulses and in the pulsed
+    device (both modes, 400 runs of each start; ≈ 15 pulses per device, so neither start
+    reaches the bound)."""
+    from utils.analog_torch.tile import _soft_bounds_mean
+
+    s, b = torch.tensor([0.001]), torch.tensor([0.7])
+    n, zero = torch.tensor([15.0]), torch.zeros(1)
+    near = _soft_bounds_mean(0.95 * b, s, s, b, -b, n, zero) - 0.95 * b
+    free = _soft_bounds_mean(zero, s, s, b, -b, n, zero)
+    assert float(near / free) == pytest.approx(0.05, rel=0.02)
+    torch.manual_seed(0)
+    runs, x, d = 400, torch.ones(1, 1, 1), -torch.full((1, 1, 8), 0.3)  # ΔW = +lr·0.3 per device
+    for mode in UPDATE_MODES_TESTED:
+        tile = AnalogTile(8, 1, [presets.rpu_config("Analog SGD", 0.7)] * runs, update_mode=mode)
+        b_max = tile.array.max_bound
+        start = torch.where((torch.arange(runs) < runs // 2).view(-1, 1, 1), 0.95 * b_max, 0.0)
+        tile.set_weights(start)
+        tile.stash(x.expand(runs, -1, -1), d.expand(runs, -1, -1))
+        tile.apply_update(0.05)
+        step = (tile.weight - start)[..., 0]  # (runs, 8 devices)
+        assert bool((tile.weight < b_max).all()), mode  # no weight reached (or was clipped to) b
+        ratio = step[:runs // 2].mean(0) / step[runs // 2:].mean(0)
+        assert float(ratio.mean()) == pytest.approx(0.05, abs=0.01), mode
+
+
 @pytest.mark.parametrize("case", ["large", "small", "signs", "signs-many"])
 def test_cpp_moment_update_equals_the_tensor_operations(case):
     """Mean and variance of ΔW over many repeats: the C++ moment update against the tensor
@@ -719,12 +931,18 @@ def test_cpp_kernels_repeat_under_a_seed_and_fall_back_when_they_cannot_be_built
 
 
 def test_compiled_update_equals_eager():
-    """torch.compile's fused moment update (used where the C++ kernels cannot be built)."""
+    """torch.compile's fused moment update (used where the C++ kernels cannot be built). Where
+    compiling fails the tile falls back to the eager function (and says so); the test then skips
+    by name instead of comparing eager with eager."""
+    from utils.analog_torch import tile as tile_module
+
     config = presets.rpu_config("Analog SGD", 0.7)
     outs = []
     for compiled in (False, True):
         set_compile(compiled)
         native.set_native(False)
+        tile_module._COMPILED.pop("moment", None)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         try:
             tile = AnalogTile(7, 9, [config] * 2)
             tile.set_weights(torch.full((2, 7, 9), 0.1))
@@ -734,8 +952,15 @@ def test_compiled_update_equals_eager():
             tile.stash(x, torch.randn(2, 5, 7) * 0.1)
             tile.apply_update(0.05)
             outs.append(tile.weight.clone())
+            fused = tile_module._COMPILED.get("moment")
         finally:
             set_compile(False)
+        # a fallback replaces the compiled call by the eager function; a disabled compiler
+        # (TORCHDYNAMO_DISABLE) compiles no graph
+        if compiled and (fused in (None, tile_module._moment_update)
+                         or torch._dynamo.utils.counters["stats"]["unique_graphs"] <= graphs):
+            pytest.skip("torch.compile could not compile the moment update here (it fell back "
+                        "to the eager function)")
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-7)
     assert float((outs[0] - 0.1).abs().max()) > 0
 
@@ -818,14 +1043,6 @@ def train(data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-def accuracies(out: Path, experiment: str, name: str, seeds) -> list[float]:
-    values = []
-    for seed in seeds:
-        lines = (out / "runs" / experiment / name / f"seed{seed}" / "metrics.jsonl").read_text()
-        values.append(json.loads(lines.splitlines()[-1])["test_acc"])
-    return values
-
-
 def test_batched_script_writes_one_folder_per_run_and_resumes(mnist_root, tmp_path):
     flags = ("--backend", "torch", "--SETTING", "TT-v1", "--tau", "0.7", "0.8", "--seed", "0", "1")
     res = train(mnist_root, tmp_path, *flags, "--epochs", "1")
@@ -855,20 +1072,89 @@ def test_batched_script_writes_one_folder_per_run_and_resumes(mnist_root, tmp_pa
     assert (tmp_path / "figures" / "fig5_mnist_fcn_torch.png").is_file()
 
 
-def test_torch_backend_lands_in_aihwkits_seed_spread(mnist_root, tmp_path):
-    """Every setting, 3 seeds, 2 epochs on the synthetic stand-in: the torch backend's mean test
-    accuracy lies within AIHWKit's range over seeds widened by 5 points (300 images: coarse)."""
-    seeds = ("0", "1", "2")
-    for setting in presets.SETTINGS:
-        common = ("--SETTING", setting, "--tau", "0.7", "--seed", *seeds, "--epochs", "2")
-        for backend in ("aihwkit", "torch"):
-            res = train(mnist_root, tmp_path, *common, "--backend", backend)
-            assert res.returncode == 0, res.stderr
-        name = setting if setting == "FP SGD" else f"{setting}-tau=0.7"
-        ref = accuracies(tmp_path, "MNIST-FCN", name, seeds)
-        ours = accuracies(tmp_path, "MNIST-FCN-torch", name, seeds)
-        mean = sum(ours) / len(ours)
-        assert min(ref) - 0.05 <= mean <= max(ref) + 0.05, (setting, ref, ours)
+# A learnable stand-in: 4 balanced classes (majority share 0.25), 16 inputs, Gaussian prototypes
+# with noise of std 1.5; one bias-free analog layer, 2 epochs of 400 samples in batches of 10.
+STAND_IN = {"classes": 4, "inputs": 16, "train": 400, "test": 2000, "noise": 1.5, "epochs": 2,
+            "batch": 10, "lr": 0.1}
+
+
+def stand_in_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    k, m = STAND_IN["classes"], STAND_IN["inputs"]
+    prototypes = torch.randn(k, m, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(n) % k
+    noise = torch.randn(n, m, generator=torch.Generator().manual_seed(seed))
+    return prototypes[y] + STAND_IN["noise"] * noise, y
+
+
+def stand_in_accuracies(setting: str, backend: str, runs: int) -> list[float]:
+    """Test accuracy of ``runs`` runs of ``setting`` trained on the stand-in from the same initial
+    weights and the same batches: AIHWKit one after the other (unseeded noise), the torch backend
+    as one batched, seeded model."""
+    import torch.nn.functional as F
+
+    x, y = stand_in_data(STAND_IN["train"], 1)
+    x_test, y_test = stand_in_data(STAND_IN["test"], 2)
+    out_size, in_size = STAND_IN["classes"], STAND_IN["inputs"]
+    w0 = torch.randn(out_size, in_size, generator=torch.Generator().manual_seed(3)) * 0.1
+    order = torch.Generator().manual_seed(0)
+    batches = [idx for _ in range(STAND_IN["epochs"])
+               for idx in torch.randperm(len(x), generator=order).split(STAND_IN["batch"])]
+    config = devices.rpu_config(setting, 0.7)
+    if backend == "aihwkit":
+        from aihwkit.optim import AnalogSGD
+
+        accuracies = []
+        for _ in range(runs):
+            layer, _ = aihwkit_layer(config, in_size, out_size)
+            layer.set_weights(w0)
+            opt = AnalogSGD(layer.parameters(), lr=STAND_IN["lr"])
+            for idx in batches:
+                opt.zero_grad()
+                F.cross_entropy(layer(x[idx]), y[idx]).backward()
+                opt.step()
+            with torch.no_grad():
+                accuracies.append(float((layer(x_test).argmax(1) == y_test).float().mean()))
+        return accuracies
+    torch.manual_seed(0)
+    layer = tnn.AnalogLinear(in_size, out_size, [from_aihwkit(config)] * runs, bias=False)
+    layer.set_weights(w0.expand(runs, -1, -1))
+    opt = tnn.AnalogSGD(layer.parameters(), lr=STAND_IN["lr"])
+    for idx in batches:
+        opt.zero_grad()
+        (F.cross_entropy(layer(x[idx].repeat(runs, 1)), y[idx].repeat(runs)) * runs).backward()
+        opt.step()
+    with torch.no_grad():
+        hits = layer(x_test.repeat(runs, 1)).argmax(1) == y_test.repeat(runs)
+    return hits.float().view(runs, -1).mean(1).tolist()
+
+
+FLOOR = 0.45  # above the majority-class share (0.25) and the initial weights' accuracy (0.325)
+
+
+def test_fp_sgd_trains_exactly_like_aihwkit():
+    """FP SGD is deterministic in both backends: the same accuracy on the stand-in."""
+    ours, theirs = (stand_in_accuracies("FP SGD", b, 1)[0] for b in ("torch", "aihwkit"))
+    assert ours == pytest.approx(theirs, abs=1 / STAND_IN["test"]) and ours > FLOOR
+
+
+@pytest.mark.parametrize("setting, margin", [("Analog SGD", 0.05), ("TT-v1", 0.1)])
+def test_torch_backend_learns_like_aihwkit(setting, margin):
+    """Analog SGD and Tiki-Taka v1 learn on the stand-in (every run above FLOOR, which neither a
+    one-class predictor nor the initial weights reach), and the torch backend's mean accuracy over
+    3 seeded runs lies within ``margin`` of AIHWKit's over 3 runs.
+
+    The torch runs are seeded, so their accuracies are fixed numbers; only AIHWKit's runtime noise
+    (not seedable) is random. Over 20 AIHWKit repeats (``python tests/measure_stand_in.py``) the
+    accuracy had mean 0.871, std 0.006 (Analog SGD) and mean 0.596, std 0.019 (TT-v1); the torch
+    backend's seeded 3-run means are 0.867 and 0.564. With AIHWKit's std taken 1.5 times the
+    measured one (0.009, 0.028): a run falls below FLOOR at ≥ 5.3 std (p < 1e-7 per run), and
+    AIHWKit's 3-run mean (std 0.005, 0.016) leaves the band around the torch mean at
+    (0.05 − 0.005)/0.005 = 8.9 std (Analog SGD) and (0.1 − 0.032)/0.016 = 4.2 std (TT-v1, p ≈ 1e-5):
+    failure probability below 1e-4 per run of this test."""
+    ours = stand_in_accuracies(setting, "torch", 3)
+    theirs = stand_in_accuracies(setting, "aihwkit", 3)
+    assert min(ours + theirs) > FLOOR, (ours, theirs)
+    assert abs(sum(ours) / 3 - sum(theirs) / 3) < margin, (ours, theirs)
 
 
 def test_reseeded_aihwkit_run_trains_into_its_own_folder(mnist_root, tmp_path):
@@ -936,14 +1222,19 @@ def test_a12_trains_with_the_torch_backend(tmp_path):
 def test_s2_with_the_torch_backend_tracks_like_aihwkit(tmp_path):
     """Figure 3's pulsed curve by the torch backend: with the variance-matched weight noise the
     plateau sits several times above the dynamic's, with the authors' noise near it, as with
-    AIHWKit (results/tables/fig3_tracking_torch.md: ratios 6.8–13.0 and 0.5–1.3 at the full budget)."""
+    AIHWKit (results/tables/fig3_tracking_torch.md: ratios 6.8–13.0 and 0.5–1.3 at the full budget).
+    The run is seeded (seed 618), so the ratios are fixed numbers here: 1.63 and 8.88. Over 9 seeds
+    (0–7 and 618) at this budget they ranged 0.98–1.63 (mean 1.22, std 0.20) and 6.79–8.88 (mean
+    7.77, std 0.66), and matched/authors 5.45–7.02 (mean 6.42, std 0.53); each bound below is its
+    mean ± 4 std, so another seed or another platform's rounding stays inside with p < 1e-4 per
+    bound."""
     cmd = [sys.executable, "S2-dynamic-verification.py", "--backend", "torch", "--tau", "1.5",
            "--steps", "600", "--out", str(tmp_path)]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     row = (tmp_path / "tables" / "fig3_tracking_torch.md").read_text().splitlines()[-1]
     authors, matched = float(row.split("|")[5]), float(row.split("|")[7])
-    assert 0.2 < authors < 3 and matched > 3, row
+    assert 0.45 < authors < 2.0 and 5.0 < matched < 10.5 and matched > 4.3 * authors, row
     assert (tmp_path / "figures" / "fig3_dynamic_vs_aihwkit_torch.png").is_file()
 
 
