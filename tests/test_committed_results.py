@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from utils import mnist_report
-from utils.plan import least_squares_result, script_module
-from utils.report import render
+from utils.reproduce.plan import least_squares_result, script_module
+from utils.reproduce.report import render
 from utils.results import REPO_ROOT
 
 RESULTS = REPO_ROOT / "results"

@@ -128,7 +128,7 @@ class Provenance:
 
 
 def least_squares_provenance(root: Path, stem: str, where: Path) -> Provenance | None:
-    from utils.plan import BUDGETS, script_module
+    from utils.reproduce.plan import BUDGETS, script_module
 
     folders = [p.parent for p in (root / "runs" / stem).glob("*/curves.json")
                # the report's figures are AIHWKit's; S2 --backend torch runs have their own
@@ -205,7 +205,7 @@ def _training_provenance(runs: list[TrainingRun], missing: list[str], expected: 
 def mnist_provenance(root: Path, network: str) -> Provenance | None:
     from utils.engine import run_folder, run_name
     from utils.mnist_report import grid
-    from utils.plan import BUDGETS, SEEDS, _mnist_epochs
+    from utils.reproduce.plan import BUDGETS, SEEDS, _mnist_epochs
 
     folders = {f"MNIST-{network}/{run_name(s, t)}/seed{k}": run_folder(root, f"MNIST-{network}", s,
                                                                       t or 1.0, k)
@@ -233,7 +233,7 @@ def runs_per_cell(runs: list[TrainingRun], network: str) -> str:
 
 def fig7_provenance(root: Path) -> Provenance | None:
     from utils.engine import run_folder, run_name
-    from utils.plan import BUDGETS, _mnist_epochs, script_module
+    from utils.reproduce.plan import BUDGETS, _mnist_epochs, script_module
 
     tau = script_module("S6-plot-distribution").parse_args([]).tau
     folders = {f"MNIST-FCN/{run_name(s, t)}/seed0": run_folder(root, "MNIST-FCN", s, t or 1.0, 0)
@@ -247,7 +247,7 @@ def fig7_provenance(root: Path) -> Provenance | None:
 
 def cifar_provenance(root: Path) -> Provenance | None:
     from utils.finetune import EPOCHS, MODELS, PAPER_TAU, run_folder
-    from utils.plan import CIFAR_SEEDS
+    from utils.reproduce.plan import CIFAR_SEEDS
 
     folders = {}
     for model in MODELS:
