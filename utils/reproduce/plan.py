@@ -37,7 +37,7 @@ from utils.paper import (
     MNIST_EPOCHS,
     MNIST_SEEDS,
     RUN_SEED,
-    TABLE2_BUDGET,
+    TABLE2_EPOCHS,
     TABLE2_MODELS,
     TABLE2_RUNS,
     TABLE2_SEEDS,
@@ -259,7 +259,7 @@ def build_plan(budget: Budget, out: Path, data_root: Path, download: bool = True
                 if keep:
                     mnist_ids.setdefault("fig7", []).append(step.id)
 
-    cifar_epochs = _flag(budget.finetune, "--epochs", TABLE2_BUDGET.epochs)
+    cifar_epochs = _flag(budget.finetune, "--epochs", TABLE2_EPOCHS)
     cifar_root = smoke_cifar_root(out) if budget.cifar_subset else data_root / "CIFAR10"
     cifar_ids = []
     for model, setting, tau in TABLE2_RUNS:

@@ -23,7 +23,7 @@ from utils.paper import (
     MNIST_EPOCHS,
     MNIST_SEEDS,
     PAPER_COMPUTE,
-    TABLE2_BUDGET,
+    TABLE2_EPOCHS,
     TABLE2_RUNS,
     TABLE2_SEEDS,
     TABLE2_TAU,
@@ -218,7 +218,7 @@ def cifar_provenance(root: Path) -> Provenance | None:
     extra = f", {'/'.join(map(str, sizes))} px images (the paper: 224)"
     if any(r.config.get("data", {}).get("official") is False for r in runs):
         extra += ", not the official CIFAR-10 files (a subset)"
-    return _training_provenance(runs, missing, len(folders), TABLE2_BUDGET.epochs, extra)
+    return _training_provenance(runs, missing, len(folders), TABLE2_EPOCHS, extra)
 
 
 def provenance(root: Path, source: str, where: Path) -> Provenance | None:
