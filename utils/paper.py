@@ -81,7 +81,6 @@ LEAST_SQUARES = MappingProxyType({f.script: f for f in (
 
 # --- Figure 5: MNIST (S4.1 FCN, S4.2 CNN) ------------------------------------------------------------
 
-
 MNIST_TAUS = MappingProxyType({"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)})  # per panel
 MNIST_SEEDS = (0, 1, 2)  # mean ± std over 3 runs (the paper, Section 5)
 # The budget (the authors' code): SGD at MNIST_LR for every setting, divided by MNIST_LR_GAMMA every
