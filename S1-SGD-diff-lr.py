@@ -25,8 +25,6 @@ from tqdm import tqdm
 from utils import cli
 from utils.dynamics import NoisySGD
 from utils.least_squares import (
-    DATA_SEED,
-    RUN_SEED,
     add_backend_flags,
     diverged_note,
     make_problem,
@@ -34,19 +32,17 @@ from utils.least_squares import (
     run_aihwkit,
     run_dynamic,
 )
+from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import LINESTYLES, PALETTE, ema, save_figure
 from utils.results import RunFolder
 
-FIGURE = "fig1_sgd_vs_lr"
-DEFAULTS = dict(  # the authors' settings
-    lrs=[0.2, 0.1, 0.05, 0.03], steps=2500, tau=3.0, sigma=0.01 / math.sqrt(40), dw_min=1e-4,
-    desired_bl=800, last=20,
-)
+PAPER = LEAST_SQUARES["S1-SGD-diff-lr"]  # the authors' settings
+FIGURE, DEFAULTS = PAPER.figure, PAPER.settings
 
 
 def parse_args(argv: list[str] | None = None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--lr", type=cli.positive_float, nargs="+", default=DEFAULTS["lrs"],
+    p.add_argument("--lr", type=cli.positive_float, nargs="+", default=list(DEFAULTS["lr"]),
                    help="step sizes α (default: %(default)s)")
     p.add_argument("--steps", type=cli.positive_int, default=DEFAULTS["steps"],
                    help="gradient steps per run (default: %(default)s)")
@@ -88,7 +84,7 @@ def plot(args, curves: dict) -> None:
     fig, (ax_err, ax_conv) = plt.subplots(1, 2, figsize=(8.2, 2.9), gridspec_kw={"wspace": 0.3})
     for i, (name, (kind, key, marker)) in enumerate(series.items()):
         errors = [math.nan if diverged_note(curves[f"{kind}/{lr}"])  # no error: not drawn
-                  else learning_error(curves[f"{kind}/{lr}"][key], DEFAULTS["last"]) for lr in args.lr]
+                  else learning_error(curves[f"{kind}/{lr}"][key], PAPER.plot["last"]) for lr in args.lr]
         ax_err.plot(args.lr, errors, label=name, color="k", ls=LINESTYLES[i], marker=marker)
         print(f"{name:12s} learning error: " + ", ".join(
             f"α={lr:g}: " + ("diverged" if math.isnan(e) else f"{e:.3e}")
@@ -120,7 +116,7 @@ def plot(args, curves: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S1-SGD-diff-lr",
+    run = RunFolder.from_args(args, PAPER.script,
                               ignore=("record", *pulsed_simulator(args).ignore))
     plot(args, run.run_or_load(lambda: compute(args), args.force))
 

@@ -27,8 +27,6 @@ from tqdm import tqdm
 from utils import cli
 from utils.dynamics import AnalogSGDDynamic, NoisySGD
 from utils.least_squares import (
-    DATA_SEED,
-    RUN_SEED,
     add_backend_flags,
     diverged_note,
     make_problem,
@@ -37,18 +35,18 @@ from utils.least_squares import (
     run_aihwkit,
     run_dynamic,
 )
+from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import ema, save_figure
 from utils.results import RunFolder, atomic_write_bytes
 
-FIGURE = "fig3_dynamic_vs_aihwkit"
+PAPER = LEAST_SQUARES["S2-dynamic-verification"]  # the authors' settings
+FIGURE, DEFAULTS = PAPER.figure, PAPER.settings
 NOISE_MATCHES = ("authors", "variance")
-DEFAULTS = dict(taus=[1.0, 1.5, 2.0, 2.5], lr=0.03, sigma=0.1, steps=2500, states=300,
-                desired_bl=5000, ema=0.8)
 
 
 def parse_args(argv: list[str] | None = None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--tau", type=cli.positive_float, nargs="+", default=DEFAULTS["taus"],
+    p.add_argument("--tau", type=cli.positive_float, nargs="+", default=list(DEFAULTS["tau"]),
                    help="device bounds τ, one panel each (default: %(default)s)")
     p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"],
                    help="step size α (default: %(default)s)")
@@ -126,7 +124,7 @@ def plot(args, results: dict) -> None:
               (f"aihwkit-{args.noise_match}", f"Analog SGD ({pulsed_simulator(args).label})", "d")]
     for ax, tau in zip(axes[0], args.tau, strict=True):
         for i, (key, label, marker) in enumerate(styles):
-            ax.plot(ema(curves[f"{tau}/{key}"]["loss"], DEFAULTS["ema"]), color=f"C{i}",
+            ax.plot(ema(curves[f"{tau}/{key}"]["loss"], PAPER.plot["ema"]), color=f"C{i}",
                     marker=marker, markevery=max(1, args.steps // 5), ms=5,
                     label=label + diverged_note(curves[f"{tau}/{key}"]))
         ax.set(yscale="log", title=f"τ={tau:g}", xlabel="Iteration k")
@@ -141,13 +139,13 @@ def plot(args, results: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S2-dynamic-verification",
+    run = RunFolder.from_args(args, PAPER.script,
                               ignore=("noise_match", *pulsed_simulator(args).ignore))
     results = run.run_or_load(lambda: compute(args), args.force)
     table = tracking_table(args, results)
     print(table)
     atomic_write_bytes(run.path / "tracking.md", table.encode())
-    atomic_write_bytes(args.out / "tables" / f"fig3_tracking{pulsed_simulator(args).suffix}.md",
+    atomic_write_bytes(args.out / "tables" / f"{PAPER.table}{pulsed_simulator(args).suffix}.md",
                        table.encode())
     plot(args, results)
 

@@ -29,25 +29,24 @@ from tqdm import tqdm
 from utils import cli
 from utils.dynamics import AnalogSGDDynamic, NoisySGD, TikiTakaDynamic
 from utils.least_squares import (
-    DATA_SEED,
-    RUN_SEED,
     amplification_factor,
     diverged_note,
     make_problem,
     plateau,
     run_dynamic,
 )
+from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import MARKERS, PALETTE, ema, save_figure
 from utils.results import RunFolder, atomic_write_bytes
 
-FIGURE = "fig4a_ablation_tau"
-DEFAULTS = dict(taus=[2.0, 3.0, 5.0, 10.0, 20.0, 50.0], lr=0.03, sigma=0.1, steps=3000,
-                tt_memory=30.0, ema=0.8)
+PAPER = LEAST_SQUARES["S3.1-ablation-tau"]  # our settings (the authors' S3.1 copies S2)
+FIGURE, DEFAULTS = PAPER.figure, PAPER.settings
+EMA = PAPER.plot["ema"]
 
 
 def parse_args(argv: list[str] | None = None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--tau", type=cli.positive_float, nargs="+", default=DEFAULTS["taus"],
+    p.add_argument("--tau", type=cli.positive_float, nargs="+", default=list(DEFAULTS["tau"]),
                    help="device bounds τ (default: %(default)s)")
     p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"],
                    help="step size α of digital and Analog SGD, and Tiki-Taka's effective step η "
@@ -116,17 +115,17 @@ def summary(args, curves: dict) -> tuple[list[dict], str]:
 
 def plot(args, curves: dict, rows: list[dict]) -> None:
     fig, (ax_f, ax_g) = plt.subplots(1, 2, figsize=(8.4, 3.0), gridspec_kw={"wspace": 0.3})
-    ax_f.plot(ema(curves["digital"]["loss"], DEFAULTS["ema"]), color="k", ls="-.",
+    ax_f.plot(ema(curves["digital"]["loss"], EMA), color="k", ls="-.",
               label="Digital SGD" + diverged_note(curves["digital"]))
-    ax_g.plot(ema(curves["digital"]["grad_norm_sq"], DEFAULTS["ema"]), color="k", ls="-.")
+    ax_g.plot(ema(curves["digital"]["grad_norm_sq"], EMA), color="k", ls="-.")
     for i, (tau, row) in enumerate(zip(args.tau, rows, strict=True)):
         # colour and marker name τ (markers keep τ apart in grey); the line style names the algorithm
         marks = {"color": PALETTE[i], "marker": MARKERS[i], "markevery": max(1, args.steps // 6),
                  "ms": 4}
-        ax_f.plot(ema(curves[f"{tau}/analog"]["loss"], DEFAULTS["ema"]), ls="--",
+        ax_f.plot(ema(curves[f"{tau}/analog"]["loss"], EMA), ls="--",
                   label=f"τ={tau:g}" + diverged_note(curves[f"{tau}/analog"]), **marks)
-        ax_f.plot(ema(curves[f"{tau}/tiki-taka"]["loss"], DEFAULTS["ema"]), ls="-", lw=0.8, **marks)
-        ax_g.plot(ema(curves[f"{tau}/analog"]["grad_norm_sq"], DEFAULTS["ema"]), ls="--", **marks)
+        ax_f.plot(ema(curves[f"{tau}/tiki-taka"]["loss"], EMA), ls="-", lw=0.8, **marks)
+        ax_g.plot(ema(curves[f"{tau}/analog"]["grad_norm_sq"], EMA), ls="--", **marks)
         ax_g.axhline(row["floor"], color=PALETTE[i], ls=":", lw=1.2)
     ax_f.plot([], [], color="gray", ls="--", label="Analog SGD")
     ax_f.plot([], [], color="gray", lw=0.8, label="Tiki-Taka")
@@ -144,12 +143,12 @@ def plot(args, curves: dict, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S3.1-ablation-tau")
+    run = RunFolder.from_args(args, PAPER.script)
     curves = run.run_or_load(lambda: compute(args), args.force)
     rows, table = summary(args, curves)
     print(table)
     atomic_write_bytes(run.path / "summary.md", table.encode())
-    atomic_write_bytes(args.out / "tables" / f"{FIGURE}.md", table.encode())
+    atomic_write_bytes(args.out / "tables" / f"{PAPER.table}.md", table.encode())
     plot(args, curves, rows)
 
 

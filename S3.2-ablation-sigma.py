@@ -21,8 +21,6 @@ from tqdm import tqdm
 
 from utils import cli
 from utils.least_squares import (
-    DATA_SEED,
-    RUN_SEED,
     add_backend_flags,
     diverged_note,
     make_problem,
@@ -30,17 +28,17 @@ from utils.least_squares import (
     pulsed_simulator,
     run_aihwkit,
 )
+from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import ema, save_figure, style
 from utils.results import RunFolder
 
-FIGURE = "fig4b_ablation_sigma"
-DEFAULTS = dict(variances=[1e-3, 1e-2, 1e-1, 1.0], lr=0.1, tau=2.0, steps=200, dw_min=1e-4,
-                desired_bl=5000, ema=0.8)
+PAPER = LEAST_SQUARES["S3.2-ablation-sigma"]  # the authors' settings
+FIGURE, DEFAULTS = PAPER.figure, PAPER.settings
 
 
 def parse_args(argv: list[str] | None = None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--sigma2", type=cli.nonneg_float, nargs="+", default=DEFAULTS["variances"],
+    p.add_argument("--sigma2", type=cli.nonneg_float, nargs="+", default=list(DEFAULTS["sigma2"]),
                    help="weight-noise variances σ², one curve each (default: %(default)s)")
     p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"],
                    help="step size α (default: %(default)s)")
@@ -48,7 +46,7 @@ def parse_args(argv: list[str] | None = None):
                    help="device bound τ (default: %(default)s)")
     p.add_argument("--steps", type=cli.positive_int, default=DEFAULTS["steps"],
                    help="gradient steps per run (default: %(default)s)")
-    p.add_argument("--init", choices=["authors", "zero"], default="authors",
+    p.add_argument("--init", choices=["authors", "zero"], default=DEFAULTS["init"],
                    help="tile weights at the start: AnalogLinear's random default (authors) or 0")
     cli.add_pulse_flags(p, DEFAULTS["desired_bl"], DEFAULTS["dw_min"])
     cli.add_output_flags(p, seed=RUN_SEED, data_seed=DATA_SEED)
@@ -73,7 +71,7 @@ def plot(args, curves: dict) -> None:
     for i, var in enumerate(args.sigma2):
         loss = curves[str(var)]["loss"]
         print(f"σ²={var:g}: plateau (last 20 %) {plateau(loss):.3e}")
-        ax.plot(ema(loss, DEFAULTS["ema"]), **style(i), markevery=max(1, args.steps // 8),
+        ax.plot(ema(loss, PAPER.plot["ema"]), **style(i), markevery=max(1, args.steps // 8),
                 label=f"σ²={var:g}" + diverged_note(curves[str(var)]))
     ax.legend(loc="lower left", bbox_to_anchor=(1, 0))
     ax.set(yscale="log", xlabel="Number of gradient computations k", ylabel="f(W_k) − f*",
@@ -85,7 +83,7 @@ def plot(args, curves: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S3.2-ablation-sigma", ignore=pulsed_simulator(args).ignore)
+    run = RunFolder.from_args(args, PAPER.script, ignore=pulsed_simulator(args).ignore)
     plot(args, run.run_or_load(lambda: compute(args), args.force))
 
 

@@ -15,8 +15,6 @@ is not clipped, as in the authors' code.
 
 from __future__ import annotations
 
-import math
-
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
@@ -24,8 +22,6 @@ from tqdm import tqdm
 
 from utils import cli
 from utils.least_squares import (
-    DATA_SEED,
-    RUN_SEED,
     Problem,
     add_backend_flags,
     diverged_note,
@@ -34,19 +30,21 @@ from utils.least_squares import (
     pulsed_simulator,
     run_aihwkit,
 )
+from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import save_figure
 from utils.results import RunFolder
 
-FIGURE = "fig4c_ablation_init"
-DEFAULTS = dict(constants=[1e3, 1e2, 1e1, 1.0, 1e-2], warm=[10, 20, 30], lr=0.1, tau=1.0, steps=50,
-                sigma=0.01 / math.sqrt(50), dw_min=1e-4, desired_bl=400)
+PAPER = LEAST_SQUARES["S3.3-ablation-init"]  # the authors' settings
+FIGURE, DEFAULTS = PAPER.figure, PAPER.settings
 
 
 def parse_args(argv: list[str] | None = None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--init-constant", type=cli.finite_float, nargs="+", default=DEFAULTS["constants"],
+    p.add_argument("--init-constant", type=cli.finite_float, nargs="+",
+                   default=list(DEFAULTS["init_constant"]),
                    help="constant starting values of weights and bias (default: %(default)s)")
-    p.add_argument("--warm-start", type=cli.nonneg_int, nargs="+", default=DEFAULTS["warm"],
+    p.add_argument("--warm-start", type=cli.nonneg_int, nargs="+",
+                   default=list(DEFAULTS["warm_start"]),
                    help="numbers of digital GD steps (lr = --lr) for warm starts (default: "
                         "%(default)s)")
     p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"],
@@ -113,7 +111,7 @@ def plot(args, curves: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    run = RunFolder.from_args(args, "S3.3-ablation-init", ignore=pulsed_simulator(args).ignore)
+    run = RunFolder.from_args(args, PAPER.script, ignore=pulsed_simulator(args).ignore)
     plot(args, run.run_or_load(lambda: compute(args), args.force))
 
 

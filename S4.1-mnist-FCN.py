@@ -11,8 +11,9 @@ on first use (see utils/data.py).
 """
 
 from utils.engine import mnist_main
+from utils.paper import MNIST_BATCH_SIZE
 
-BATCH_SIZE = 10  # the authors' value: 6,000 steps per epoch
+BATCH_SIZE = MNIST_BATCH_SIZE["FCN"]  # the authors' value: 6,000 steps per epoch
 
 if __name__ == "__main__":
     mnist_main(__doc__, "FCN", BATCH_SIZE)

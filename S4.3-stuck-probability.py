@@ -18,8 +18,9 @@ docs/escape_study.md has the threshold, the AIHWKit cross-check and the cost.
 """
 
 from utils.escape import stuck_main
+from utils.paper import MNIST_BATCH_SIZE
 
-BATCH_SIZE = 10  # as S4.1 (the authors' value)
+BATCH_SIZE = MNIST_BATCH_SIZE["FCN"]  # as S4.1 (the authors' value)
 
 if __name__ == "__main__":
     stuck_main(__doc__, BATCH_SIZE)

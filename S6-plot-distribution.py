@@ -28,11 +28,9 @@ import torch
 
 from utils import cli
 from utils.engine import backend_suffix, experiment_name, load_model_state, run_folder
+from utils.paper import FIGURE7, FIGURE7_SEED, FIGURE7_TABLE, FIGURE7_TAU, LABELS, SETTINGS
 from utils.plotting import LINESTYLES, PALETTE, plt, save_figure
 from utils.results import atomic_write_bytes
-
-FIGURE = "fig7_weight_distribution"
-RUNS = {"FP SGD": "Digital SGD", "Analog SGD": "Analog SGD", "TT-v1": "Tiki-Taka"}
 
 
 def parse_args(argv: list[str] | None = None):
@@ -41,9 +39,10 @@ def parse_args(argv: list[str] | None = None):
                    help="folder whose runs/ holds the training runs (default: %(default)s)")
     p.add_argument("--out", type=cli.out_dir, default=cli.DEFAULT_OUT,
                    help="figure to OUT/figures/, table to OUT/tables/ (default: %(default)s)")
-    p.add_argument("--tau", type=cli.positive_float, default=0.7,
+    p.add_argument("--tau", type=cli.positive_float, default=FIGURE7_TAU,
                    help="τ of the analog checkpoints (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the runs to read (default: 0)")
+    p.add_argument("--seed", type=int, default=FIGURE7_SEED,
+                   help="seed of the runs to read (default: %(default)s)")
     cli.add_backend_flags(p, "whose runs to read: AIHWKit's (runs/MNIST-FCN, default) or the torch "
                           "backend's (runs/MNIST-FCN-torch[-pulse]); the outputs of torch get the "
                           "suffix _torch[_pulse]", compile_flag=False)
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     experiment = experiment_name("FCN", args.backend, args.update_mode)
     suffix = backend_suffix(args.backend, args.update_mode).replace("-", "_")
-    paths = {s: run_folder(args.runs, experiment, s, args.tau, args.seed) / "model.pt" for s in RUNS}
+    paths = {s: run_folder(args.runs, experiment, s, args.tau, args.seed) / "model.pt" for s in SETTINGS}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         flags = "" if args.backend == "aihwkit" else f" --backend torch --update-mode {args.update_mode}"
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     edge = max(float(np.abs(v).max()) for v in values.values())
     bins = np.linspace(-edge, edge, 241)
     for i, (setting, model) in enumerate(models.items()):
-        label = RUNS[setting] + ("" if setting == "FP SGD" else f", τ={args.tau:g}")
+        label = LABELS[setting] + ("" if setting == "FP SGD" else f", τ={args.tau:g}")
         line = {"color": PALETTE[i], "ls": LINESTYLES[i], "histtype": "step", "density": True,
                 "lw": 1.2, "label": label}
         ax_w.hist(values[setting], bins=bins, **line)
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         sat = saturation(model, setting)
         ax_s.hist(sat, bins=200, range=(0, 1), **line)
-        lines.append(f"| {RUNS[setting]} | {sat.size} | {sat.mean():.3f} | "
+        lines.append(f"| {LABELS[setting]} | {sat.size} | {sat.mean():.3f} | "
                      f"{np.percentile(sat, 99):.3f} | {sat.max():.3f} | "
                      f"{np.abs(values[setting]).max():.3f} |")
     ax_w.set(xlim=(-edge, edge), yscale="log", xlabel="Weight value", ylabel="Density (log)",
@@ -154,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
              title=f"Device saturation, τ={args.tau:g}")
     for ax in (ax_w, ax_s):
         ax.legend(fontsize=7)
-    save_figure(fig, args.out, FIGURE + suffix)
+    save_figure(fig, args.out, FIGURE7 + suffix)
     table = "\n".join(lines) + "\n"
-    atomic_write_bytes(Path(args.out) / "tables" / f"fig7_saturation{suffix}.md", table.encode())
+    atomic_write_bytes(Path(args.out) / "tables" / f"{FIGURE7_TABLE}{suffix}.md", table.encode())
     print(table)
 
 

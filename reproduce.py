@@ -38,7 +38,7 @@ from utils.results import REPO_ROOT, lock_run_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from utils.plan import BUDGETS
+    from utils.reproduce.plan import BUDGETS
 
     p = cli.make_parser(__doc__)
     p.add_argument("--budget", choices=list(BUDGETS), default="paper",
@@ -149,7 +149,7 @@ def report_path(args: argparse.Namespace) -> Path:
 
 
 def write_report(args: argparse.Namespace) -> None:
-    from utils.report import write_report as write
+    from utils.reproduce.report import write_report as write
 
     path = report_path(args)
     try:
@@ -165,7 +165,7 @@ def prepare_data(steps: list, budget, args: argparse.Namespace) -> None:
     from utils.cli import UserError
     from utils.data import find_cifar10, load_cifar10, load_mnist, write_cifar10_subset
     from utils.models import load_backbone_weights
-    from utils.plan import smoke_cifar_root
+    from utils.reproduce.plan import smoke_cifar_root
 
     needed = {n for s in steps if s.status == "todo" for n in s.needs}
     failed: dict[str, str] = {}
@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         write_report(args)
         return 0
-    from utils.launch import make_executor, run_local, run_slurm
-    from utils.plan import BUDGETS, build_plan, format_plan, select
+    from utils.reproduce.launch import make_executor, run_local, run_slurm
+    from utils.reproduce.plan import BUDGETS, build_plan, format_plan, select
 
     slurm_here = shutil.which("sbatch") and shutil.which("srun")
     if args.slurm and args.executor == "slurm" and not slurm_here:
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = REPO_ROOT / args.out / "logs"
     if args.slurm:
         folder = args.slurm_folder or REPO_ROOT / args.out / "slurm"
-        # The array tasks unpickle utils.launch.RunTask: make the repository importable there.
+        # The array tasks unpickle utils.reproduce.launch.RunTask: make the repository importable
+        # there.
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                                  os.environ.get("PYTHONPATH")]))
         executor = make_executor(folder, args.executor, partition=args.partition,
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.launch import Interrupted
+    from utils.reproduce.launch import Interrupted
 
     try:
         sys.exit(main())

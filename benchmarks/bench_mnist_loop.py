@@ -26,8 +26,9 @@ from utils.data import TensorLoader, find_files, load_mnist, write_synthetic_mni
 from utils.devices import SETTINGS, rpu_config  # noqa: E402
 from utils.engine import EVAL_BATCH, evaluate, train_epoch  # noqa: E402
 from utils.models import build_cnn, build_fcn  # noqa: E402
+from utils.paper import MNIST_BATCH_SIZE  # noqa: E402
 
-MODELS = {"fcn": (build_fcn, 10), "cnn": (build_cnn, 8)}  # builder, the authors' batch size
+MODELS = {"fcn": (build_fcn, MNIST_BATCH_SIZE["FCN"]), "cnn": (build_cnn, MNIST_BATCH_SIZE["CNN"])}
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 
 

@@ -188,7 +188,7 @@ def test_every_consumer_turns_a_damaged_record_into_one_line(capsys, tmp_path):
 
     from utils.engine import RunState
     from utils.mnist_report import plot_main
-    from utils.report import write_report
+    from utils.reproduce.report import write_report
 
     folder = tmp_path / "runs" / "MNIST-FCN" / "FP SGD" / "seed0"
     torn_metrics(folder)
@@ -308,8 +308,8 @@ def test_sigterm_stops_the_running_steps_process_groups_and_names_them(tmp_path,
     import threading
     import time
 
-    from utils.launch import Interrupted, run_local
-    from utils.plan import Step
+    from utils.reproduce.launch import Interrupted, run_local
+    from utils.reproduce.plan import Step
 
     code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
             "'import time; time.sleep(60)']); print('sp' + 'awned', c.pid, flush=True); time.sleep(60)")

@@ -7,25 +7,28 @@ folder and compared) or listed in NOT_FROM_RECORDS with the reason it cannot be.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
 from utils import mnist_report
-from utils.plan import least_squares_result, script_module
-from utils.report import render
+from utils.paper import MNIST_TAUS
+from utils.reproduce.plan import least_squares_result, setting_flags
+from utils.reproduce.report import render
 from utils.results import REPO_ROOT
 
 RESULTS = REPO_ROOT / "results"
 RUNS = RESULTS / "runs"
 
-# table -> (script that writes it, its flags): least-squares tables are written by the script from
-# its run record (curves.json); rerunning the script with the record in place only redraws
+# table -> (script that writes it, the flags that change its settings): least-squares tables are
+# written by the script from its run record (curves.json); rerunning the script with the record in
+# place only redraws
 LEAST_SQUARES = {
-    "fig3_tracking.md": ("S2-dynamic-verification", []),
-    "fig3_tracking_torch.md": ("S2-dynamic-verification", ["--backend", "torch"]),
-    "fig4a_ablation_tau.md": ("S3.1-ablation-tau", []),
+    "fig3_tracking.md": ("S2-dynamic-verification", {}),
+    "fig3_tracking_torch.md": ("S2-dynamic-verification", {"backend": "torch", "update_mode": "moment"}),
+    "fig4a_ablation_tau.md": ("S3.1-ablation-tau", {}),
 }
 # table -> the experiment suffix of the MNIST runs behind it (utils.engine.backend_suffix)
 MNIST = {f"mnist{suffix.replace('-', '_')}.{ext}": suffix
@@ -61,7 +64,7 @@ def _records(experiment: str) -> list[Path]:
 @pytest.mark.parametrize("table", sorted(MNIST))
 def test_mnist_table_is_computed_from_the_committed_records(table, tmp_path, capsys):
     suffix = MNIST[table]
-    if not any(_records(f"MNIST-{net}{suffix}") for net in mnist_report.NETWORKS):
+    if not any(_records(f"MNIST-{net}{suffix}") for net in MNIST_TAUS):
         pytest.skip(f"no MNIST{suffix} run record committed yet: {table} is not rerun from records")
     mnist_report.write_table(RESULTS, tmp_path, suffix)
     assert (tmp_path / "tables" / table).read_bytes() == (RESULTS / "tables" / table).read_bytes(), \
@@ -83,14 +86,17 @@ def test_cifar_table_is_computed_from_the_committed_records(table, tmp_path, cap
 @pytest.mark.parametrize("table", sorted(LEAST_SQUARES))
 def test_least_squares_table_is_computed_from_the_committed_record(table, tmp_path, capsys,
                                                                    monkeypatch):
-    stem, flags = LEAST_SQUARES[table]
-    record = least_squares_result(stem, [*flags, "--out", str(RESULTS)]).parent
+    stem, changes = LEAST_SQUARES[table]
+    flags = setting_flags(changes)
+    record = least_squares_result(RESULTS, stem, changes).parent
     if not (record / "curves.json").is_file():
         pytest.skip(f"the run record behind {table} ({record.relative_to(REPO_ROOT)}) is not "
                     "committed")
     shutil.copytree(record, tmp_path / record.relative_to(RESULTS))
     # the script finds the record in place and only writes the table (and would draw: not needed)
-    module = script_module(stem)
+    spec = importlib.util.spec_from_file_location(f"script_{table}", REPO_ROOT / f"{stem}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     monkeypatch.setattr(module, "plot", lambda *args, **kwargs: None)
     module.main([*flags, "--out", str(tmp_path)])
     assert (tmp_path / "tables" / table).read_bytes() == (RESULTS / "tables" / table).read_bytes(), \

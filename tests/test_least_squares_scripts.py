@@ -1,7 +1,9 @@
-"""Each least-squares script runs end to end on a tiny budget, and rejects bad input cleanly."""
+"""Each least-squares script runs end to end on a tiny budget, rejects bad input cleanly, and takes
+its defaults and its run folder from the registry of the paper (utils/paper.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -9,6 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
+from utils.reproduce.plan import least_squares_result, setting_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,3 +107,49 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(script, args, message, t
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "error" in lines[0], proc.stderr
     assert not out.exists()
+
+
+# --- the registry of the paper -------------------------------------------------------------------
+
+class _Opened(Exception):
+    pass
+
+
+def _script(stem: str):
+    spec = importlib.util.spec_from_file_location(f"script_{stem.replace('.', '_')}", ROOT / f"{stem}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _opened_result(module, argv: list[str], monkeypatch) -> Path:
+    """The result file the script's own main opens for ``argv`` (stopped there: nothing runs)."""
+    class Probe(module.RunFolder):
+        def run_or_load(self, compute, force=False):
+            raise _Opened(self.results_path)
+
+    monkeypatch.setattr(module, "RunFolder", Probe)
+    threads = torch.get_num_threads()  # main sets 1 thread for the process
+    try:
+        module.main(argv)
+    except _Opened as opened:
+        return opened.args[0]
+    finally:
+        torch.set_num_threads(threads)
+    raise AssertionError(f"{module.__name__}.main opened no run folder")
+
+
+@pytest.mark.parametrize("stem", list(LEAST_SQUARES))
+def test_script_defaults_and_run_folder_are_the_registry_s(stem, tmp_path, monkeypatch):
+    """What the reproduction plan expects a script to write (utils.reproduce.plan, from the
+    registry) is where the script writes, at the paper's settings and with a changed budget."""
+    module, entry = _script(stem), LEAST_SQUARES[stem]
+    defaults = vars(module.parse_args([]))
+    assert {k: defaults[k] for k in entry.settings} == {
+        k: list(v) if isinstance(v, tuple) else v for k, v in entry.settings.items()}
+    assert (defaults["data_seed"], defaults["seed"], module.FIGURE) == (DATA_SEED, RUN_SEED,
+                                                                        entry.figure)
+    for changes in ({}, {"steps": 7}):
+        argv = [*setting_flags(changes), "--out", str(tmp_path)]
+        assert _opened_result(module, argv, monkeypatch) == least_squares_result(tmp_path, stem,
+                                                                                  changes)

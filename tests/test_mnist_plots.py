@@ -66,7 +66,8 @@ def test_fcn_plot_aggregates_seeds_and_names_missing_runs(tmp_path):
 def test_runs_at_chance_are_counted_and_drawn_one_by_one(tmp_path):
     """A cell where one run of three stays at chance: the table counts it and the figure draws each
     run (three thin lines) beside the mean (one thick line)."""
-    from utils.mnist_report import CHANCE_ACC, load_panel, plot_panel, table_rows
+    from utils.mnist_report import load_panel, plot_panel, table_rows
+    from utils.paper import CHANCE_ACC
 
     for seed, final in enumerate([0.97, 0.1135, 0.96]):
         write_metrics(tmp_path, "FCN", "Analog SGD", 0.78, seed, [0.1, 0.5 * final] + [final] * 5)

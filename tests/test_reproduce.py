@@ -14,12 +14,13 @@ import pytest
 import torch
 
 import reproduce
-from utils import plan as plan_module
 from utils.data import write_synthetic_cifar10, write_synthetic_mnist
 from utils.engine import run_folder
-from utils.launch import RunTask, step_cuda
-from utils.plan import BUDGETS, build_plan, least_squares_result, select
-from utils.report import deviations, write_report
+from utils.paper import LEAST_SQUARES
+from utils.reproduce import plan as plan_module
+from utils.reproduce.launch import RunTask, step_cuda
+from utils.reproduce.plan import BUDGETS, build_plan, least_squares_result, select
+from utils.reproduce.report import deviations, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 FCN, CNN, A12 = "S4.1-mnist-FCN", "S4.2-mnist-CNN", "A12-resnet-finetune"
@@ -64,7 +65,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
 def test_paper_plan_lists_every_run_of_the_paper(tmp_path, mnist_root, no_weights):
     steps = plan("paper", tmp_path / "out", mnist_root)
     runs = [s for s in steps.values() if s.kind == "run"]
-    assert [s.id for s in runs[:5]] == list(plan_module.LEAST_SQUARES)
+    assert [s.id for s in runs[:5]] == list(LEAST_SQUARES)
     assert sum(s.id.startswith(FCN) for s in runs) == 21 == sum(s.id.startswith(CNN) for s in runs)
     assert {f"{FCN}/TT-v1-tau=0.78/seed2", f"{CNN}/Analog SGD-tau=0.6/seed1",
             f"{A12}/Resnet50/FFT/TT-v1-tau=0.8/seed0"} <= steps.keys()
@@ -122,13 +123,13 @@ def test_finished_runs_are_done_unfinished_ones_resume(tmp_path, mnist_root, no_
     finish(run_folder(out, "MNIST-FCN", "FP SGD", 1.0, 0), 80)                 # Figure 7: no model.pt
     finish(run_folder(out, "MNIST-FCN", "TT-v1", 0.7, 0), 80, model=True)      # Figure 7: done
     finish(run_folder(out, "MNIST-CNN", "Analog SGD", 0.8, 2), 80, {"train_subset": 1000})
-    result = least_squares_result("S3.2-ablation-sigma", ["--out", str(out)])
+    result = least_squares_result(out, "S3.2-ablation-sigma", {})
     result.parent.mkdir(parents=True)
     result.write_text("{}")
     (out / "figures").mkdir()
     (out / "figures" / "fig4b_ablation_sigma.png").write_bytes(b"")
-    least_squares_result("S3.3-ablation-init", ["--out", str(out)]).parent.mkdir(parents=True)
-    least_squares_result("S3.3-ablation-init", ["--out", str(out)]).write_text("{}")
+    least_squares_result(out, "S3.3-ablation-init", {}).parent.mkdir(parents=True)
+    least_squares_result(out, "S3.3-ablation-init", {}).write_text("{}")
 
     steps = plan("paper", out, mnist_root)
     assert steps[f"{FCN}/FP SGD/seed1"].status == "done"

@@ -16,18 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from utils import results
-from utils.finetune import EXPERIMENT, IMAGE_SIZE, MODELS, PAPER_TAU, model_folder
-from utils.mnist_report import LABELS, LAST, Curve, format_pm
+from utils.finetune import EXPERIMENT, model_folder
+from utils.mnist_report import LAST, Curve, format_pm
+from utils.paper import LABELS, TABLE2, TABLE2_IMAGE_SIZE, TABLE2_PAPER, TABLE2_RUNS
 from utils.results import read_metrics, read_record
-
-PAPER = {  # Table 2 of the paper: test accuracy %, ImageNet weights, full fine-tuning, τ = 0.8
-    ("Resnet18", "FP SGD"): 93.03, ("Resnet34", "FP SGD"): 93.44, ("Resnet50", "FP SGD"): 95.92,
-    ("Resnet18", "Analog SGD"): 93.58, ("Resnet34", "Analog SGD"): 93.58,
-    ("Resnet50", "Analog SGD"): 95.51,
-    ("Resnet18", "TT-v1"): 93.74, ("Resnet34", "TT-v1"): 95.15, ("Resnet50", "TT-v1"): 95.54,
-}
-SETTINGS = ("FP SGD", "Analog SGD", "TT-v1")
-TABLE = "cifar10_resnet"
 
 
 @dataclass
@@ -101,7 +93,7 @@ def _notes(runs: Runs) -> str:
         notes.append(f"weights: {weights}")
     if not runs.fft:
         notes.append("frozen backbone")
-    if c.get("image_size", IMAGE_SIZE) != IMAGE_SIZE:
+    if c.get("image_size", TABLE2_IMAGE_SIZE) != TABLE2_IMAGE_SIZE:
         notes.append(f"{c['image_size']} px images")
     if c.get("lr_groups_mode", "authors") != "authors":
         notes.append(f"lr groups: {c['lr_groups_mode']}")
@@ -129,16 +121,14 @@ def table_rows(root: Path) -> tuple[list[dict], list[str]]:
                        max=round(float(final.max()), 4), notes=_notes(runs))
         return out
 
-    for model in MODELS:
-        for setting in SETTINGS:
-            tau = None if setting == "FP SGD" else PAPER_TAU
-            alg = setting if tau is None else f"{setting}-tau={tau}"
-            key = (model_folder(model, "imagenet"), True, alg)
-            name = f"{EXPERIMENT}/{model}/FFT/{alg}"
-            if key not in found:
-                missing.append(name)
-            rows.append(row(found.pop(key, None), model, setting, tau, PAPER[(model, setting)],
-                            name))
+    for model, setting, tau in TABLE2_RUNS:
+        alg = setting if tau is None else f"{setting}-tau={tau}"
+        key = (model_folder(model, "imagenet"), True, alg)
+        name = f"{EXPERIMENT}/{model}/FFT/{alg}"
+        if key not in found:
+            missing.append(name)
+        rows.append(row(found.pop(key, None), model, setting, tau, TABLE2_PAPER[(model, setting)],
+                        name))
     for key in sorted(found, key=lambda k: (k[0], not k[1], k[2])):
         runs = found[key]
         setting, tau = _setting_tau(runs.alg)
@@ -174,7 +164,7 @@ def write_table(root: Path, out: Path) -> tuple[list[Path], list[str]]:
         "",
     ]
     columns = ["model", "algorithm", "tau", "runs", "epochs", "ours", "range", "paper", "notes"]
-    paths = results.write_table(out, TABLE, header, rows, missing, columns,
+    paths = results.write_table(out, TABLE2, header, rows, missing, columns,
                                 labels={"tau": "τ", "ours": "ours (mean ± std)", "range": "min–max"},
                                 md_rows=[display_row(r) for r in rows])
     return paths, missing

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from utils.paper import MNIST_EPOCHS, MNIST_LR, SETTINGS
+
 DEFAULT_OUT = Path("results")
 
 
@@ -126,13 +128,12 @@ def add_output_flags(parser: argparse.ArgumentParser, seed: int, data_seed: int)
                         help="recompute even if a finished run with the same settings exists")
 
 
-def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int, epochs: int = 80,
-                       lr: float = 0.05, settings: tuple[str, ...] | None = None) -> None:
+def add_training_flags(parser: argparse.ArgumentParser, *, batch_size: int,
+                       epochs: int = MNIST_EPOCHS, lr: float = MNIST_LR,
+                       settings: tuple[str, ...] | None = None) -> None:
     """The flags of the MNIST training scripts: the authors' (--SETTING, --tau, --CUDA,
     --save-checkpoint) with their defaults (as in the authors' code), then run and data management.
     ``settings`` narrows --SETTING's choices (default: every setting; the first is the default)."""
-    from utils.analog_torch.presets import SETTINGS
-
     settings = settings or SETTINGS
     parser.add_argument("--SETTING", choices=settings, default=settings[0],
                         help="training algorithm (default: %(default)s)")

@@ -45,6 +45,7 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm import tqdm
 
 from utils.cli import UserError
+from utils.paper import MNIST_LR_GAMMA, MNIST_LR_STEP
 from utils.results import (
     atomic_write_bytes,
     environment,
@@ -55,8 +56,8 @@ from utils.results import (
     write_jsonl,
 )
 
-LR_STEP = 35     # epochs between lr decays (as in the authors' code)
-LR_GAMMA = 0.1   # lr decay factor
+LR_STEP = MNIST_LR_STEP    # epochs between lr decays (as in the authors' code)
+LR_GAMMA = MNIST_LR_GAMMA  # lr decay factor
 EVAL_BATCH = 1000  # test images per forward pass (any size gives the same numbers)
 MAY_CHANGE_ON_RESUME = ("epochs", "threads", "device", "save_checkpoint")
 LossFn = Callable[[Tensor, Tensor], Tensor]

@@ -3,8 +3,9 @@
 On the FCN, Analog SGD either trains normally or stays at chance (every image classed "1", 11.35 %),
 and which of the two happens is random. This module holds the study's definitions, in one place:
 
-- :data:`ESCAPE_ACC`: a run *left chance* at the first epoch whose test accuracy exceeds 50 %; a run
-  that has not left chance by its last epoch is *stuck* (docs/escape_study.md).
+- :data:`ESCAPE_ACC` (utils.paper, beside the report's CHANCE_ACC): a run *left chance* at the first
+  epoch whose test accuracy exceeds 50 %; a run that has not left chance by its last epoch is
+  *stuck* (docs/escape_study.md).
 - :func:`probe_tiles`: what each run records per epoch beside its accuracy, to find the mechanism:
   per analog layer k (1 = input layer) its learned output scale ``out_scale_k`` (the digital gain of
   AIHWKit's ``learn_out_scaling``, mean over the layer's tiles; absent when scaling is off), and the
@@ -22,14 +23,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-ESCAPE_ACC = 0.5  # test accuracy a run must exceed to have left chance (chance: 0.1135)
+from utils.paper import ESCAPE_ACC, FIGURE5_RUNS, FIGURE5_STUCK
+
 SATURATION = 0.05  # a device within 5 % of its bound counts as saturated
 TAUS = (0.6, 0.7, 0.74, 0.78, 0.8, 0.9, 1.0)  # the study's τ grid
 RUNS_PER_TAU = 12  # seeds 0 … 11
 STUDY = "escape"  # the experiment folder: runs/MNIST-FCN-escape-torch-pulse/
 ABLATION = "escape-no-out-scaling"  # --no-out-scaling: runs/MNIST-FCN-escape-no-out-scaling-torch-pulse/
-PAPER_OUTCOME = {0.7: 3, 0.78: 0, 0.8: 0}  # the paper's runs stuck of 3 (Figure 5, FCN, Analog SGD)
-PAPER_RUNS = 3
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 
 
@@ -63,10 +63,10 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 def paper_outcome_probability(tau: float, p: float) -> float | None:
     """The probability, if each run is stuck with probability ``p``, of the paper's outcome at τ
     (3 of 3 stuck at 0.7: p³; none of 3 at 0.78 and 0.8: (1 − p)³); None at other τ."""
-    stuck = PAPER_OUTCOME.get(round(tau, 6))
+    stuck = FIGURE5_STUCK.get(round(tau, 6))
     if stuck is None:
         return None
-    return math.comb(PAPER_RUNS, stuck) * p ** stuck * (1 - p) ** (PAPER_RUNS - stuck)
+    return math.comb(FIGURE5_RUNS, stuck) * p ** stuck * (1 - p) ** (FIGURE5_RUNS - stuck)
 
 
 # --- the per-epoch probe of a batched torch-backend model ---------------------------------------------

@@ -20,16 +20,13 @@ from utils.cli import UserError
 from utils.engine import experiment_name
 from utils.escape import (
     ABLATION,
-    ESCAPE_ACC,
-    PAPER_OUTCOME,
-    PAPER_RUNS,
     STUDY,
     escape_epoch,
     paper_outcome_probability,
     still_at_chance,
     wilson_interval,
 )
-from utils.mnist_report import PAPER_EPOCHS
+from utils.paper import ESCAPE_ACC, FIGURE5_RUNS, FIGURE5_STUCK, MNIST_EPOCHS
 from utils.results import read_metrics, read_record
 
 SETTING = "Analog SGD"
@@ -132,8 +129,8 @@ def table_row(group: Group) -> dict:
     stuck = sum(e is None for e in escapes)
     lo, hi = wilson_interval(stuck, n)
     p = stuck / n
-    applies = group.source.paper_config and group.epochs == PAPER_EPOCHS
-    outcome = PAPER_OUTCOME.get(round(group.tau, 6)) if applies else None
+    applies = group.source.paper_config and group.epochs == MNIST_EPOCHS
+    outcome = FIGURE5_STUCK.get(round(group.tau, 6)) if applies else None
     prob = ends = None
     if outcome is not None:
         prob = paper_outcome_probability(group.tau, p)
@@ -169,7 +166,7 @@ def markdown_row(row: dict) -> dict:
         "escape": _fmt(row["escape_epoch_median"], "g"),
         "ended": row["ended_at_chance"],
         "scale": f"{_fmt(row['out_scale_stuck'])} / {_fmt(row['out_scale_escaped'])}",
-        "paper": "–" if outcome is None else f"{outcome} of {PAPER_RUNS} stuck",
+        "paper": "–" if outcome is None else f"{outcome} of {FIGURE5_RUNS} stuck",
         "prob": "–" if outcome is None else
                 f"{row['paper_outcome_prob']:.3f} [{row['paper_outcome_prob_lo']:.3f}, "
                 f"{row['paper_outcome_prob_hi']:.3f}]",
@@ -189,7 +186,7 @@ def write_table(groups: list[Group], out: Path) -> list[Path]:
         "escaped runs (– : none, or not recorded). `paper`: the outcome of the paper's three runs; "
         "`P(paper)`: its probability if each run is stuck with the measured fraction p (p³ for 3 of "
         "3 stuck, (1 − p)³ for none), in brackets at the interval's ends; given for the authors' "
-        f"configuration at their budget ({PAPER_EPOCHS} epochs) only. Rows differ by backend and by "
+        f"configuration at their budget ({MNIST_EPOCHS} epochs) only. Rows differ by backend and by "
         "budget: a row of `epochs` E holds the runs that reached E, cut there; "
         "docs/escape_study.md.",
         "",

@@ -51,18 +51,28 @@ from utils.cli import (
     positive_int,
     torch_device,
 )
+from utils.paper import (
+    TABLE2_BATCH_SIZE,
+    TABLE2_EPOCHS,
+    TABLE2_IMAGE_SIZE,
+    TABLE2_LR,
+    TABLE2_LR_GAMMA,
+    TABLE2_LR_STEP,
+    TABLE2_MODELS,
+    TABLE2_TAU,
+)
 
 EXPERIMENT = "CIFAR10-finetune"
-MODELS = ("Resnet18", "Resnet34", "Resnet50")
-BASE_LR = {"FP SGD": 0.15, "Analog SGD": 0.075, "TT-v1": 0.075}  # the authors' lr (halved if analog)
+MODELS = TABLE2_MODELS
+BASE_LR = TABLE2_LR  # the authors' lr (halved if analog)
 BACKBONE_LR_FACTOR = 0.1  # the authors' first group: lr/10
 LR_MODES = ("authors", "intended")
-LR_STEP, LR_GAMMA = 50, 0.1  # StepLR per epoch
-EPOCHS, BATCH_SIZE, TEST_BATCH = 100, 128, 128
+LR_STEP, LR_GAMMA = TABLE2_LR_STEP, TABLE2_LR_GAMMA  # StepLR per epoch
+EPOCHS, BATCH_SIZE, TEST_BATCH = TABLE2_EPOCHS, TABLE2_BATCH_SIZE, 128
 WORKERS = 6  # the authors' DataLoader workers
 DW_MIN_STATES = 600  # Δw_min = τ/600: 1,200 pulses from -τ to τ (as in the authors' code)
-PAPER_TAU = 0.8
-IMAGE_SIZE = 224
+PAPER_TAU = TABLE2_TAU
+IMAGE_SIZE = TABLE2_IMAGE_SIZE
 # Settings a resumed run may change: they do not change its numbers (the weights file may move;
 # its SHA-256 may not).
 MAY_CHANGE = ("workers", "channels_last", "head_device", "weights_file")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from utils.paper import DATA_SEED, RUN_SEED
+
 ROWS = 100
-DATA_SEED = 42  # torch seed of the data (authors: set at import)
-RUN_SEED = 618  # torch seed set before each run (authors: analog runs)
 
 
 @dataclass(frozen=True)

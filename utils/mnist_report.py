@@ -19,35 +19,27 @@ from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 
 from utils import cli, results
 from utils.engine import backend_suffix, run_name
+from utils.paper import (
+    ANALOG,
+    CHANCE_ACC,
+    FIGURE5,
+    FIGURE5_PAPER,
+    FIGURE5_RUNS,
+    FIGURE5_TABLE,
+    LABELS,
+    MNIST_EPOCHS,
+    MNIST_TAUS,
+)
 from utils.plotting import DIGITAL_COLOR, PALETTE, ema, plt, save_figure
 from utils.results import read_metrics, read_record
 
-NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
-ANALOG = ("Analog SGD", "TT-v1")
 LAST = 5  # epochs averaged for the table
 SHORT = 10  # runs with fewer epochs are drawn unsmoothed, without the zoom
-PAPER_EPOCHS = 80  # fewer: the figure title says "reduced budget"
-# A run "ended at chance" when its final accuracy (mean of its last LAST epochs) is below this (%):
-# MNIST's chance level is 10-11.35 % (the all-"1" state); every run that trains ends above 80 %.
-CHANCE_ACC = 20.0
-PAPER = {  # Figure 5's table (the paper), test accuracy % (mean ± std over 3 runs, 80 epochs)
-    ("FCN", "FP SGD", None): (98.15, 0.04),
-    ("FCN", "Analog SGD", 0.7): (11.35, 0.00), ("FCN", "Analog SGD", 0.78): (97.71, 0.63),
-    ("FCN", "Analog SGD", 0.8): (97.78, 0.36),
-    ("FCN", "TT-v1", 0.7): (97.64, 0.17), ("FCN", "TT-v1", 0.78): (97.62, 0.05),
-    ("FCN", "TT-v1", 0.8): (97.50, 0.11),
-    ("CNN", "FP SGD", None): (99.16, 0.08),
-    ("CNN", "Analog SGD", 0.6): (88.99, 0.89), ("CNN", "Analog SGD", 0.7): (92.15, 0.48),
-    ("CNN", "Analog SGD", 0.8): (93.45, 0.46),
-    ("CNN", "TT-v1", 0.6): (98.84, 0.07), ("CNN", "TT-v1", 0.7): (98.87, 0.04),
-    ("CNN", "TT-v1", 0.8): (98.86, 0.07),
-}
-LABELS = {"FP SGD": "Digital SGD", "Analog SGD": "Analog SGD", "TT-v1": "Tiki-Taka"}
 
 
 def grid(network: str, taus: tuple[float, ...] | None = None) -> list[tuple[str, float | None]]:
     """The (setting, τ) runs of one Figure 5 panel."""
-    taus = taus or NETWORKS[network]
+    taus = taus or MNIST_TAUS[network]
     return [("FP SGD", None)] + [(s, t) for s in ANALOG for t in taus]
 
 
@@ -194,13 +186,14 @@ def plot_panel(network: str, curves: dict, taus: tuple[float, ...], out: Path,
     handles.append(plt.Line2D([], [], color="0.4", lw=0.6, alpha=0.6, label="one run"))
     handles.append(plt.Line2D([], [], color="0.4", lw=1.8, label="mean of runs"))
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1, 0))
-    budget = f"{last} epochs" + (f" (reduced; the paper: {PAPER_EPOCHS})" if last < PAPER_EPOCHS else "")
+    budget = f"{last} epochs" + (f" (reduced; the paper: {MNIST_EPOCHS})" if last < MNIST_EPOCHS
+                                 else "")
     notes = ", unsmoothed" if smoothing == 0 else f", EMA {smoothing:g}"
     engine = f", {backend.strip('-').replace('-', ' ')} backend" if backend else ""
     ax.set(xlabel="Epoch", ylabel="Test accuracy (%)")
     ax.set_title(f"MNIST {network}{engine}\n{runs_label(curves)}, {budget}{notes}", fontsize=9)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return save_figure(fig, out, f"fig5_mnist_{network.lower()}{backend.replace('-', '_')}")
+    return save_figure(fig, out, FIGURE5[network] + backend.replace("-", "_"))
 
 
 def tau_color(tau: float | None, taus: tuple[float, ...]) -> str:
@@ -219,16 +212,17 @@ def table_rows(root: Path, backend: str = "") -> tuple[list[dict], list[str]]:
     """One row per (network, setting, τ) of both panels, ours beside the paper's, in numbers (the
     CSV's columns; empty where a cell has no run)."""
     rows, missing = [], []
-    for network in NETWORKS:
+    for network in MNIST_TAUS:
         curves, gone = load_panel(root, network, backend=backend)
         missing += gone
         for setting, tau in grid(network):
             curve = curves.get((setting, tau))
-            paper = PAPER[(network, setting, tau)]
+            paper = FIGURE5_PAPER[(network, setting, tau)]
             row = {"network": network, "algorithm": LABELS[setting], "tau": "" if tau is None else tau,
                    "runs": 0, "epochs": "", "target_epochs": "", "mean": "", "std": "", "min": "",
                    "max": "", "at_chance": "", "diverged": 0, "paper_mean": paper[0],
-                   "paper_std": paper[1], "paper_runs": 3, "paper_epochs": PAPER_EPOCHS}
+                   "paper_std": paper[1], "paper_runs": FIGURE5_RUNS,
+                   "paper_epochs": MNIST_EPOCHS}
             if curve is not None:
                 row.update(diverged=len(curve.diverged))
             if curve is not None and curve.seeds:
@@ -273,12 +267,12 @@ def write_table(root: Path, out: Path, backend: str = "") -> list[str]:
         "being its own mean over those epochs (the ± also holds the epoch-to-epoch noise, so it can "
         f"exceed half that range); `at chance`: runs whose value is below {CHANCE_ACC:g} % "
         "(MNIST's chance level is 10–11.35 %). `epochs`: how many epochs the runs trained (the paper: "
-        f"{PAPER_EPOCHS}, 3 runs; '37 of 80': a run not finished yet); fewer epochs are a reduced "
-        "budget, not comparable to the paper's number.",
+        f"{MNIST_EPOCHS}, {FIGURE5_RUNS} runs; '37 of 80': a run not finished yet); fewer epochs are "
+        "a reduced budget, not comparable to the paper's number.",
         "",
     ]
     columns = ["network", "algorithm", "tau", "runs", "epochs", "ours", "range", "chance", "paper"]
-    results.write_table(out, f"mnist{backend.replace('-', '_')}", header, rows, missing, columns,
+    results.write_table(out, FIGURE5_TABLE + backend.replace("-", "_"), header, rows, missing, columns,
                         labels={"tau": "τ", "ours": "ours (mean ± std)", "range": "min–max",
                                 "chance": "at chance", "paper": "paper (mean ± std)"},
                         md_rows=[display_row(r) for r in rows])
@@ -292,7 +286,7 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
                    help="folder whose runs/ holds the training runs (default: %(default)s)")
     p.add_argument("--out", type=cli.out_dir, default=cli.DEFAULT_OUT,
                    help="figure to OUT/figures/, table to OUT/tables/ (default: %(default)s)")
-    p.add_argument("--tau", type=cli.positive_float, nargs="+", default=list(NETWORKS[network]),
+    p.add_argument("--tau", type=cli.positive_float, nargs="+", default=list(MNIST_TAUS[network]),
                    help="τ of the analog runs to draw (default: %(default)s)")
     p.add_argument("--smoothing", type=cli.fraction, default=0.8,
                    help="EMA coefficient of the drawn curves, 0 = none (default: %(default)s)")
@@ -318,4 +312,4 @@ def draw(args, network: str) -> None:
         print(f"missing run: {name} (not drawn)")
     plot_panel(network, curves, taus, args.out, args.smoothing, backend)
     write_table(args.runs, args.out, backend)
-    print((Path(args.out) / "tables" / f"mnist{backend.replace('-', '_')}.md").read_text())
+    print((Path(args.out) / "tables" / f"{FIGURE5_TABLE}{backend.replace('-', '_')}.md").read_text())

@@ -1,5 +1,5 @@
-"""Running the steps of a plan (utils.plan): a local pool of worker processes, or a Slurm job
-array through submitit.
+"""Running the steps of a plan (utils.reproduce.plan): a local pool of worker processes, or a Slurm
+job array through submitit.
 
 Every step is its script's own command line, run in a subprocess from the repository root with its
 output in ``<out>/logs/<step>.log``. The scripts resume from their run folders, so running a step
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import submitit
 
-from utils.plan import Step
+from utils.reproduce.plan import Step
 from utils.results import REPO_ROOT, read_record, write_json
 
 ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",

@@ -19,22 +19,32 @@ machine end to end in minutes (its numbers mean nothing).
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import shlex
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 from urllib.parse import urlparse
 
 from utils.cli import UserError
-from utils.results import REPO_ROOT, read_metrics, read_record
+from utils.paper import (
+    DATA_SEED,
+    FIGURE7_SEED,
+    FIGURE7_TAU,
+    LEAST_SQUARES,
+    MNIST_EPOCHS,
+    MNIST_SEEDS,
+    RUN_SEED,
+    TABLE2_EPOCHS,
+    TABLE2_MODELS,
+    TABLE2_RUNS,
+    TABLE2_SEEDS,
+    TABLE2_TAU,
+)
+from utils.results import RunFolder, read_metrics, read_record
 
-SEEDS = (0, 1, 2)  # Figure 5: mean ± std over 3 runs (paper, Section 5)
-CIFAR_SEEDS = (0,)  # Table 2: one number per cell (the paper gives no std)
-LEAST_SQUARES = ("S1-SGD-diff-lr", "S2-dynamic-verification", "S3.1-ablation-tau",
-                 "S3.2-ablation-sigma", "S3.3-ablation-init")
 MNIST_SCRIPTS = {"FCN": "S4.1-mnist-FCN", "CNN": "S4.2-mnist-CNN"}
 FINETUNE_SCRIPT = "A12-resnet-finetune"
 SMOKE_CIFAR = (1000, 500)  # training and test images of the smoke budget's CIFAR-10 subset
@@ -43,23 +53,25 @@ PROBE_TIMEOUT_S = 3.0
 
 @dataclass(frozen=True)
 class Budget:
-    """Extra flags per script family (empty: the script's defaults, i.e. the paper's protocol)."""
+    """What a budget changes per script family (empty: the script's defaults, i.e. the paper's
+    protocol): the least-squares settings (utils.paper.LEAST_SQUARES) by script, extra flags of
+    the others."""
 
     name: str
     default_out: Path
-    least_squares: dict[str, tuple[str, ...]]
+    least_squares: dict[str, dict[str, Any]]
     mnist: tuple[str, ...]
     finetune: tuple[str, ...]
     cifar_subset: tuple[int, int] | None = None  # smoke: a slice of the real CIFAR-10
 
 
 BUDGETS = {
-    "paper": Budget("paper", Path("results"), {s: () for s in LEAST_SQUARES}, (), ()),
+    "paper": Budget("paper", Path("results"), {s: {} for s in LEAST_SQUARES}, (), ()),
     "smoke": Budget(
         "smoke", Path("results/smoke"),
-        {"S1-SGD-diff-lr": ("--steps", "50"), "S2-dynamic-verification": ("--steps", "50"),
-         "S3.1-ablation-tau": ("--steps", "100"), "S3.2-ablation-sigma": ("--steps", "20"),
-         "S3.3-ablation-init": ("--steps", "10")},
+        {"S1-SGD-diff-lr": {"steps": 50}, "S2-dynamic-verification": {"steps": 50},
+         "S3.1-ablation-tau": {"steps": 100}, "S3.2-ablation-sigma": {"steps": 20},
+         "S3.3-ablation-init": {"steps": 10}},
         ("--epochs", "1", "--train-subset", "1000"),
         ("--epochs", "1", "--image-size", "32", "--batch-size", "50", "--workers", "0"),
         cifar_subset=SMOKE_CIFAR),
@@ -96,43 +108,17 @@ class Step:
 
 # --- run folders -------------------------------------------------------------------------------
 
-_modules: dict[str, ModuleType] = {}
+def least_squares_result(out: Path, script: str, changes: Mapping[str, Any]) -> Path:
+    """The result file that least-squares ``script`` writes under ``out`` when run with the paper's
+    settings (utils.paper) changed by ``changes``: its run folder is named from those settings and
+    the seeds, as the script names it (tests/test_least_squares_scripts.py checks that they agree)."""
+    config = {**LEAST_SQUARES[script].settings, "data_seed": DATA_SEED, "seed": RUN_SEED, **changes}
+    return RunFolder(out, script, config).results_path
 
 
-def script_module(stem: str) -> ModuleType:
-    """A top-level script imported as a module (hyphenated names cannot be imported directly)."""
-    if stem not in _modules:
-        spec = importlib.util.spec_from_file_location(f"_script_{stem.replace('-', '_').replace('.', '_')}",
-                                                      REPO_ROOT / f"{stem}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _modules[stem] = module
-    return _modules[stem]
-
-
-class _Found(Exception):
-    pass
-
-
-def least_squares_result(stem: str, argv: list[str]) -> Path:
-    """The result file a least-squares script writes for ``argv``, found by running its own
-    ``main`` up to the point where it opens its run folder (so the folder name is exactly the
-    script's, whatever flags it leaves out of the name)."""
-    module = script_module(stem)
-    real = module.RunFolder
-
-    class Probe(real):
-        def run_or_load(self, compute, force=False):
-            raise _Found(self.results_path)
-
-    module.RunFolder = Probe
-    try:
-        module.main(argv)
-    except _Found as found:
-        return found.args[0]
-    finally:
-        module.RunFolder = real
-    raise RuntimeError(f"{stem}.main did not open a run folder")
+def setting_flags(changes: Mapping[str, Any]) -> list[str]:
+    """The command-line flags that make ``changes`` to a script's settings (argparse dest -> value)."""
+    return [arg for dest, value in changes.items() for arg in (f"--{dest.replace('_', '-')}", str(value))]
 
 
 def training_status(folder: Path, epochs: int, checks: dict[str, object],
@@ -186,7 +172,6 @@ def data_sources(data_root: Path, download: bool) -> dict[str, tuple[str, str]]:
     from torchvision.datasets import CIFAR10
 
     from utils.data import PYPI_WHEEL, find_cifar10, find_files
-    from utils.finetune import MODELS
     from utils.models import imagenet_weights_file
 
     out: dict[str, tuple[str, str]] = {}
@@ -206,7 +191,7 @@ def data_sources(data_root: Path, download: bool) -> dict[str, tuple[str, str]]:
     else:
         out["cifar"] = ("missing", f"no CIFAR-10 in {cifar_root} and {urlparse(CIFAR10.url).hostname} "
                                    "unreachable (no internet)")
-    for model in MODELS:
+    for model in TABLE2_MODELS:
         url, path = imagenet_weights_file(model)
         if path.is_file():
             out[f"weights:{model}"] = ("here", "")
@@ -227,16 +212,6 @@ def smoke_cifar_root(out: Path) -> Path:
 
 # --- the plan ----------------------------------------------------------------------------------
 
-def _mnist_epochs(budget: Budget) -> int:
-    from utils import cli
-
-    if "--epochs" in budget.mnist:
-        return int(budget.mnist[budget.mnist.index("--epochs") + 1])
-    parser = cli.make_parser(None)
-    cli.add_training_flags(parser, batch_size=1)
-    return parser.get_default("epochs")
-
-
 def _flag(args: tuple[str, ...], name: str, default):
     return type(default)(args[args.index(name) + 1]) if name in args else default
 
@@ -245,7 +220,6 @@ def build_plan(budget: Budget, out: Path, data_root: Path, download: bool = True
                sources: dict[str, tuple[str, str]] | None = None) -> list[Step]:
     """Every step of the paper for ``budget``, with its status read from ``out``."""
     from utils.engine import run_folder, run_name
-    from utils.finetune import EPOCHS, MODELS, PAPER_TAU
     from utils.finetune import run_folder as finetune_folder
     from utils.mnist_report import grid
 
@@ -254,25 +228,24 @@ def build_plan(budget: Budget, out: Path, data_root: Path, download: bool = True
     no_download = [] if download else ["--no-download"]
     steps: list[Step] = []
 
-    for stem in LEAST_SQUARES:
-        argv = [*budget.least_squares[stem], "--out", str(out)]
-        step = Step(stem, f"{stem}.py", argv)
-        if least_squares_result(stem, argv).is_file():
-            figure = out / "figures" / f"{script_module(stem).FIGURE}.png"
+    for stem, entry in LEAST_SQUARES.items():
+        changes = budget.least_squares[stem]
+        step = Step(stem, f"{stem}.py", [*setting_flags(changes), "--out", str(out)])
+        if least_squares_result(out, stem, changes).is_file():
+            figure = out / "figures" / f"{entry.figure}.png"
             step.status, step.note = ("done", "") if figure.is_file() else (
                 "todo", "finished; only redraws the figure")
         steps.append(step)
 
-    epochs = _mnist_epochs(budget)
+    epochs = _flag(budget.mnist, "--epochs", MNIST_EPOCHS)
     subset = _flag(budget.mnist, "--train-subset", 0) or None
-    fig7_tau = script_module("S6-plot-distribution").parse_args([]).tau
-    fig7 = {("FP SGD", None), ("Analog SGD", fig7_tau), ("TT-v1", fig7_tau)}
+    fig7 = {("FP SGD", None), ("Analog SGD", FIGURE7_TAU), ("TT-v1", FIGURE7_TAU)}
     mnist_ids: dict[str, list[str]] = {}
     for network, stem in MNIST_SCRIPTS.items():
-        for seed in SEEDS:
+        for seed in MNIST_SEEDS:
             for setting, tau in grid(network):
                 name = run_name(setting, tau)
-                keep = network == "FCN" and seed == 0 and (setting, tau) in fig7
+                keep = network == "FCN" and seed == FIGURE7_SEED and (setting, tau) in fig7
                 args = ["--SETTING", setting, *(["--tau", f"{tau:g}"] if tau is not None else []),
                         "--seed", str(seed), *budget.mnist, "--data-root", str(data_root),
                         "--out", str(out), *no_download, *(["--save-checkpoint"] if keep else [])]
@@ -286,25 +259,23 @@ def build_plan(budget: Budget, out: Path, data_root: Path, download: bool = True
                 if keep:
                     mnist_ids.setdefault("fig7", []).append(step.id)
 
-    cifar_epochs = _flag(budget.finetune, "--epochs", EPOCHS)
+    cifar_epochs = _flag(budget.finetune, "--epochs", TABLE2_EPOCHS)
     cifar_root = smoke_cifar_root(out) if budget.cifar_subset else data_root / "CIFAR10"
     cifar_ids = []
-    for model in MODELS:
-        for setting in ("FP SGD", "Analog SGD", "TT-v1"):
-            tau = None if setting == "FP SGD" else PAPER_TAU
-            for seed in CIFAR_SEEDS:
-                args = ["--model", model, "-FFT", "--optimizer", setting,
-                        *(["--tau", f"{tau:g}"] if tau is not None else []), "--seed", str(seed),
-                        *budget.finetune, "--data-root", str(cifar_root), "--out", str(out),
-                        *no_download]
-                step = Step(f"{FINETUNE_SCRIPT}/{model}/FFT/{run_name(setting, tau)}/seed{seed}",
-                            f"{FINETUNE_SCRIPT}.py", args, threads=True, cuda="any",
-                            needs=["cifar", f"weights:{model}"])
-                step.status, step.note = training_status(
-                    finetune_folder(out, model, "imagenet", True, setting, tau or PAPER_TAU, seed),
-                    cifar_epochs, {})
-                steps.append(step)
-                cifar_ids.append(step.id)
+    for model, setting, tau in TABLE2_RUNS:
+        for seed in TABLE2_SEEDS:
+            args = ["--model", model, "-FFT", "--optimizer", setting,
+                    *(["--tau", f"{tau:g}"] if tau is not None else []), "--seed", str(seed),
+                    *budget.finetune, "--data-root", str(cifar_root), "--out", str(out),
+                    *no_download]
+            step = Step(f"{FINETUNE_SCRIPT}/{model}/FFT/{run_name(setting, tau)}/seed{seed}",
+                        f"{FINETUNE_SCRIPT}.py", args, threads=True, cuda="any",
+                        needs=["cifar", f"weights:{model}"])
+            step.status, step.note = training_status(
+                finetune_folder(out, model, "imagenet", True, setting, tau or TABLE2_TAU, seed),
+                cifar_epochs, {})
+            steps.append(step)
+            cifar_ids.append(step.id)
 
     for step in steps:  # what cannot run here
         missing = [sources[n][1] for n in step.needs if sources.get(n, ("here",))[0] == "missing"]

@@ -11,9 +11,24 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from utils.paper import (
+    FIGURE7_SEED,
+    FIGURE7_TAU,
+    ITEMS,
+    LABELS,
+    LEAST_SQUARES,
+    MNIST_EPOCHS,
+    MNIST_SEEDS,
+    PAPER_COMPUTE,
+    TABLE2_EPOCHS,
+    TABLE2_RUNS,
+    TABLE2_SEEDS,
+    TABLE2_TAU,
+    Item,
+)
 from utils.results import REPO_ROOT, atomic_write_bytes, read_metrics, read_record
 
 SEED_NOTE = ("What a seed fixes: the initial weights and the order of the training data, and with the "
@@ -21,70 +36,16 @@ SEED_NOTE = ("What a seed fixes: the initial weights and the order of the traini
              "run). What it does not fix: AIHWKit's runtime noise (pulses, read noise), which AIHWKit "
              "seeds from the clock, so two AIHWKit runs of one seed take different paths and can end "
              "apart, at chance or not.")
-PAPER_COMPUTE = ("The paper's runs: one NVIDIA RTX 3090 (24 GB), 30 min to 1 h per simulation "
-                 "(its only runtime information); Figure 5: 3 runs each.")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One figure or table of the paper and where ours comes from."""
-
-    title: str
-    paper: str             # what the paper shows (its result, in words or numbers)
-    figures: tuple[str, ...]
-    tables: tuple[str, ...]
-    source: str            # "least_squares:<script stem>", "mnist:<FCN|CNN>", "fig7", "cifar"
-    make: str              # the command that makes it
-    notes: tuple[str, ...] = field(default=())
-
-
-ITEMS = (
-    Item("Figure 1: digital SGD vs Analog SGD over step sizes",
-         "Digital SGD's error keeps falling as α falls (0.2 → 0.03); Analog SGD (AIHWKit, τ = 3) "
-         "levels off at a much higher error that a smaller α does not remove.",
-         ("fig1_sgd_vs_lr",), (), "least_squares:S1-SGD-diff-lr", "python S1-SGD-diff-lr.py"),
-    Item("Figure 3: the Analog SGD dynamic tracks AIHWKit",
-         "For τ ∈ {1, 1.5, 2, 2.5} the proposed dynamic (eq. 3) tracks the AIHWKit simulation "
-         "closely; the digital SGD dynamic does not.",
-         ("fig3_dynamic_vs_aihwkit",), ("fig3_tracking.md",), "least_squares:S2-dynamic-verification",
-         "python S2-dynamic-verification.py"),
-    Item("Figure 4 (left): the error floor against τ",
-         "The error shrinks as τ grows (τ ∈ {2, …, 50}); large τ approaches digital SGD. (The "
-         "authors' script for this panel is a copy of Figure 3's; ours is deviation 6 below.)",
-         ("fig4a_ablation_tau",), ("fig4a_ablation_tau.md",), "least_squares:S3.1-ablation-tau",
-         "python S3.1-ablation-tau.py"),
-    Item("Figure 4 (middle): the error against the noise variance σ²",
-         "σ² ∈ {0.001, 0.01, 0.1, 1}, 200 iterations: a larger σ² gives a larger error (about "
-         "1e-2 to 1e-1).",
-         ("fig4b_ablation_sigma",), (), "least_squares:S3.2-ablation-sigma",
-         "python S3.2-ablation-sigma.py"),
-    Item("Figure 4 (right): the error against the initialisation",
-         "From eight starting points (constants 1e3 … 1e-2, 10/20/30 digital GD steps) every run "
-         "ends at the same error within 50 iterations: the floor is intrinsic.",
-         ("fig4c_ablation_init",), (), "least_squares:S3.3-ablation-init",
-         "python S3.3-ablation-init.py"),
-    Item("Figure 5 (FCN): MNIST, 784-256-128-10 network",
-         "Tiki-Taka within 1 % of digital SGD (98.15 %) at every τ; Analog SGD sits at chance "
-         "(11.35 %) at τ = 0.7 and reaches 97.7–97.8 % at τ = 0.78 and 0.8, more slowly. Numbers: "
-         "the table below, paper column.",
-         ("fig5_mnist_fcn",), ("mnist.md",), "mnist:FCN", "python reproduce.py --only S4.1",
-         (SEED_NOTE,)),
-    Item("Figure 5 (CNN): MNIST, LeNet-style network",
-         "Tiki-Taka at 98.8–98.9 % against digital SGD's 99.16 %; Analog SGD 89.0–93.5 %. "
-         "Numbers: the table above, paper column.",
-         ("fig5_mnist_cnn",), (), "mnist:CNN", "python reproduce.py --only S4.2"),
-    Item("Figure 7: weight distribution and saturation of the trained FCN (τ = 0.7)",
-         "Digitally trained weights stay bounded, so a τ that covers them exists; Analog SGD's "
-         "weights reach about 0.2τ; Tiki-Taka's are not bounded by the device.",
-         ("fig7_weight_distribution",), ("fig7_saturation.md",), "fig7",
-         "python reproduce.py --only S4.1 (the seed-0 runs keep model.pt), then "
-         "python S6-plot-distribution.py"),
-    Item("Table 2: CIFAR-10 fine-tuning of ImageNet ResNets with an analog classifier",
-         "Test accuracy after 100 epochs (τ = 0.8): digital SGD 93.03 / 93.44 / 95.92, Analog SGD "
-         "93.58 / 93.58 / 95.51, Tiki-Taka 93.74 / 95.15 / 95.54 % for ResNet18 / 34 / 50. "
-         "Numbers: the table below, paper column.",
-         (), ("cifar10_resnet.md",), "cifar", "python reproduce.py --only A12"),
-)
+# the command that makes each item's runs and figures, by Item.source
+MAKE = {
+    **{f"least_squares:{script}": f"python {script}.py" for script in LEAST_SQUARES},
+    "mnist:FCN": "python reproduce.py --only S4.1",
+    "mnist:CNN": "python reproduce.py --only S4.2",
+    "fig7": "python reproduce.py --only S4.1 (the seed-0 runs keep model.pt), then "
+            "python S6-plot-distribution.py",
+    "cifar": "python reproduce.py --only A12",
+}
+NOTES = {"mnist:FCN": (SEED_NOTE,)}  # paragraphs below an item's figure
 
 
 # --- reading run folders ------------------------------------------------------------------------
@@ -128,15 +89,13 @@ class Provenance:
 
 
 def least_squares_provenance(root: Path, stem: str, where: Path) -> Provenance | None:
-    from utils.plan import BUDGETS, script_module
-
     folders = [p.parent for p in (root / "runs" / stem).glob("*/curves.json")
                # the report's figures are AIHWKit's; S2 --backend torch runs have their own
                if _read_json(p.parent / "config.json").get("config", {}).get("backend",
                                                                           "aihwkit") == "aihwkit"]
     if not folders:
         return None
-    paper_steps = script_module(stem).DEFAULTS["steps"]
+    paper_steps = LEAST_SQUARES[stem].settings["steps"]
     # the run at the paper's budget, else the longest; ties by folder name. Never the files' times:
     # a fresh clone gives every file the same age, and the report must not depend on the clock
     newest = max(folders, key=lambda p: (
@@ -146,7 +105,7 @@ def least_squares_provenance(root: Path, stem: str, where: Path) -> Provenance |
     config = saved.get("config", {})
     budget = (f"{config.get('steps', '?')} steps per run (the paper's protocol: {paper_steps}), "
               f"seed {config.get('seed', '?')}")
-    if "--steps" in BUDGETS["smoke"].least_squares[stem] and config.get("steps") != paper_steps:
+    if config.get("steps") != paper_steps:
         budget += " — a reduced budget, not comparable to the paper"
     others = f" ({len(folders) - 1} other run folder(s) with other settings)" if len(folders) > 1 else ""
     wall = saved.get("wall_time_s")
@@ -205,15 +164,14 @@ def _training_provenance(runs: list[TrainingRun], missing: list[str], expected: 
 def mnist_provenance(root: Path, network: str) -> Provenance | None:
     from utils.engine import run_folder, run_name
     from utils.mnist_report import grid
-    from utils.plan import BUDGETS, SEEDS, _mnist_epochs
 
     folders = {f"MNIST-{network}/{run_name(s, t)}/seed{k}": run_folder(root, f"MNIST-{network}", s,
                                                                       t or 1.0, k)
-               for k in SEEDS for s, t in grid(network)}
+               for k in MNIST_SEEDS for s, t in grid(network)}
     runs, missing = _training_runs(folders)
     if not runs:
         return None
-    prov = _training_provenance(runs, missing, len(folders), _mnist_epochs(BUDGETS["paper"]))
+    prov = _training_provenance(runs, missing, len(folders), MNIST_EPOCHS)
     prov.per_cell = runs_per_cell(runs, network)
     return prov
 
@@ -221,7 +179,7 @@ def mnist_provenance(root: Path, network: str) -> Provenance | None:
 def runs_per_cell(runs: list[TrainingRun], network: str) -> str:
     """"3 in every cell", or each cell's count ("Digital SGD 3; Analog SGD τ=0.7 2, …")."""
     from utils.engine import run_name
-    from utils.mnist_report import LABELS, grid
+    from utils.mnist_report import grid
 
     counts = {(s, t): sum(r.name.startswith(f"MNIST-{network}/{run_name(s, t or 1.0)}/")
                           for r in runs) for s, t in grid(network)}
@@ -233,29 +191,26 @@ def runs_per_cell(runs: list[TrainingRun], network: str) -> str:
 
 def fig7_provenance(root: Path) -> Provenance | None:
     from utils.engine import run_folder, run_name
-    from utils.plan import BUDGETS, _mnist_epochs, script_module
 
-    tau = script_module("S6-plot-distribution").parse_args([]).tau
-    folders = {f"MNIST-FCN/{run_name(s, t)}/seed0": run_folder(root, "MNIST-FCN", s, t or 1.0, 0)
+    tau, seed = FIGURE7_TAU, FIGURE7_SEED
+    folders = {f"MNIST-FCN/{run_name(s, t)}/seed{seed}": run_folder(root, "MNIST-FCN", s, t or 1.0,
+                                                                    seed)
                for s, t in (("FP SGD", None), ("Analog SGD", tau), ("TT-v1", tau))}
     runs, missing = _training_runs(folders)
     missing += [f"{r.name}/model.pt" for r in runs if not r.has_model]
     if not runs:
         return None
-    return _training_provenance(runs, missing, len(folders), _mnist_epochs(BUDGETS["paper"]))
+    return _training_provenance(runs, missing, len(folders), MNIST_EPOCHS)
 
 
 def cifar_provenance(root: Path) -> Provenance | None:
-    from utils.finetune import EPOCHS, MODELS, PAPER_TAU, run_folder
-    from utils.plan import CIFAR_SEEDS
+    from utils.finetune import run_folder
 
     folders = {}
-    for model in MODELS:
-        for setting in ("FP SGD", "Analog SGD", "TT-v1"):
-            tau = None if setting == "FP SGD" else PAPER_TAU
-            for seed in CIFAR_SEEDS:
-                folder = run_folder(root, model, "imagenet", True, setting, tau or PAPER_TAU, seed)
-                folders[str(folder.relative_to(Path(root) / "runs"))] = folder
+    for model, setting, tau in TABLE2_RUNS:
+        for seed in TABLE2_SEEDS:
+            folder = run_folder(root, model, "imagenet", True, setting, tau or TABLE2_TAU, seed)
+            folders[str(folder.relative_to(Path(root) / "runs"))] = folder
     runs, missing = _training_runs(folders)
     if not runs:
         return None
@@ -263,7 +218,7 @@ def cifar_provenance(root: Path) -> Provenance | None:
     extra = f", {'/'.join(map(str, sizes))} px images (the paper: 224)"
     if any(r.config.get("data", {}).get("official") is False for r in runs):
         extra += ", not the official CIFAR-10 files (a subset)"
-    return _training_provenance(runs, missing, len(folders), EPOCHS, extra)
+    return _training_provenance(runs, missing, len(folders), TABLE2_EPOCHS, extra)
 
 
 def provenance(root: Path, source: str, where: Path) -> Provenance | None:
@@ -334,7 +289,8 @@ def section(item: Item, root: Path, where: Path, missing: dict[str, list[str]]) 
         out += ["| The paper | Ours |", "|---|---|", f"| {item.paper} | {'<br>'.join(ours)} |", ""]
     else:
         out += [f"**The paper:** {item.paper}", ""]
-    out += [*item.notes, ""] if item.notes else []
+    notes = NOTES.get(item.source, ())
+    out += [*notes, ""] if notes else []
     for name in item.tables:
         path = root / "tables" / name
         if path.is_file():
@@ -345,7 +301,7 @@ def section(item: Item, root: Path, where: Path, missing: dict[str, list[str]]) 
     prov = provenance(root, item.source, where)
     if prov is None:
         out += [f"**missing:** no run behind this item under `{_rel(root / 'runs', where)}`; "
-                f"make it with `{item.make}`.", ""]
+                f"make it with `{MAKE[item.source]}`.", ""]
         gone.append("its runs")
         return out
     out += [f"- Budget: {prov.budget}", f"- Hardware: {prov.hardware}",
@@ -354,10 +310,10 @@ def section(item: Item, root: Path, where: Path, missing: dict[str, list[str]]) 
         out.append(f"- Runs per cell: {prov.per_cell}")
     if prov.missing:
         out.append(f"- **Missing runs** ({len(prov.missing)}): "
-                   + ", ".join(f"`{m}`" for m in prov.missing) + f" (make them with `{item.make}`)")
+                   + ", ".join(f"`{m}`" for m in prov.missing) + f" (make them with `{MAKE[item.source]}`)")
         gone.append(f"{len(prov.missing)} of its runs")
     if any(not (root / "figures" / f"{n}.png").is_file() for n in item.figures):
-        out.append(f"- Draw the figure with `{item.make}`")
+        out.append(f"- Draw the figure with `{MAKE[item.source]}`")
     return out + [""]
 
 
