@@ -16,7 +16,8 @@ import ast
 from functools import cache
 from pathlib import Path
 
-PYTEST = "python -m pytest -x -q -n 0 -p no:cacheprovider"
+PYTEST = ("python tests/mutation_runner.py -x -q -n 0 -p no:cacheprovider --assert=plain "
+          "-p no:hypothesispytest")
 CORE = {
     "utils/analog_torch/tile.py": {
         "functions": {"_quantize", "_res_step", "_one_pass", "analog_mvm", "pulse_probabilities",

@@ -1,0 +1,70 @@
+"""mutmut's runner, warm (docs/testing.md): each mutant's tests run in a process forked from one
+that has already imported torch and pytest, so a mutant costs its tests, not a torch start.
+
+    python tests/mutation_runner.py serve &           # once, in the mutated copy's root
+    python tests/mutation_runner.py PYTEST-ARGS...    # per mutant (mutmut's runner): exit status
+                                                      # of pytest; without a server, runs it here
+
+The serving process never imports the repository's modules: each forked child imports them from
+disk, mutated as mutmut left them. Bytecode is not written, so a mutant is never read from a stale
+cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+SOCKET = Path(".mutation-runner.sock")
+
+
+def _run_pytest(args: list[str]) -> int:
+    import pytest
+
+    return int(pytest.main(args))
+
+
+def serve() -> None:
+    import pytest  # noqa: F401 - imported once here, inherited by every child
+    import torch
+    import torch._dynamo  # noqa: F401 - what torch.optim pulls in on a first step: 3 s more
+
+    del torch
+
+    SOCKET.unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(SOCKET))
+    server.listen(1)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            args = json.loads(conn.makefile().readline())
+            pid = os.fork()
+            if pid == 0:
+                server.close()
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # quiet, as mutmut swallows it
+                os._exit(_run_pytest(args))
+            _, status = os.waitpid(pid, 0)
+            conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+def run(args: list[str]) -> int:
+    try:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(SOCKET))
+    except OSError:  # no server: run here
+        return _run_pytest(args)
+    with client:
+        client.sendall((json.dumps(args) + "\n").encode())
+        return int(client.makefile().readline())
+
+
+if __name__ == "__main__":
+    sys.dont_write_bytecode = True
+    if sys.argv[1:] == ["serve"]:
+        serve()
+    else:
+        sys.exit(run(sys.argv[1:]))
