@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 SOCKET = Path(".mutation-runner.sock")
+LIMIT_S = 300.0  # one mutant's tests, at most (they take about a second)
 
 
 def _run_pytest(args: list[str]) -> int:
@@ -47,8 +51,24 @@ def serve() -> None:
                 server.close()
                 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # quiet, as mutmut swallows it
                 os._exit(_run_pytest(args))
-            _, status = os.waitpid(pid, 0)
-            conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+            code = _wait(pid, conn)
+            if code is not None:
+                conn.sendall(f"{code}\n".encode())
+
+
+def _wait(pid: int, conn: socket.socket) -> int | None:
+    """The child's exit status; None, with the child killed, once the client has gone (mutmut
+    stops a mutant's run at its timeout: a mutant may loop forever) or after LIMIT_S."""
+    start = time.monotonic()
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        readable, _, _ = select.select([conn], [], [], 0.05)
+        if readable or time.monotonic() - start > LIMIT_S:  # readable: the client closed
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
 
 
 def run(args: list[str]) -> int:

@@ -102,16 +102,33 @@ def test_one_pass_quantises_clips_and_flags_saturation():
 
 
 def test_one_pass_noise_terms_have_their_configured_scales(monkeypatch):
-    """With the standard normal draws replaced by 1: output noise adds out_noise, additive weight
-    noise adds w_noise·‖x‖ (x = (0.6, 0.8), ‖x‖ = 1); another weight-noise type adds none."""
-    monkeypatch.setattr(T, "gaussian_like", lambda y, noise_list=None: torch.ones_like(y))
-    x, w = torch.tensor([[[0.6, 0.8]]]), torch.tensor([[[1.0, 0.0]]])
-    y, _ = T._one_pass(w, x, exact_io(out_noise=0.25))
-    torch.testing.assert_close(y, torch.tensor([[[0.85]]]))
-    y, _ = T._one_pass(w, x, exact_io(w_noise=0.5, w_noise_type="additive_constant"))
-    torch.testing.assert_close(y, torch.tensor([[[1.1]]]))
-    y, _ = T._one_pass(w, x, exact_io(w_noise=0.5, w_noise_type="none"))
-    torch.testing.assert_close(y, torch.tensor([[[0.6]]]))
+    """With the standard normal draws replaced by 2: output noise adds 2·out_noise, additive
+    weight noise adds 2·w_noise·‖x‖ per sample (‖x‖ = 2 and 1, inp_bound 2); another weight-noise
+    type adds none."""
+    monkeypatch.setattr(T, "gaussian_like", lambda y, noise_list=None: torch.full_like(y, 2.0))
+    x = torch.tensor([[[1.2, 1.6], [0.6, 0.8]]])
+    w = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    clean = torch.tensor([[[1.2, 1.6, 2.8], [0.6, 0.8, 1.4]]])
+    y, _ = T._one_pass(w, x, exact_io(inp_bound=2.0, out_noise=0.25))
+    torch.testing.assert_close(y, clean + 0.5)
+    y, _ = T._one_pass(w, x, exact_io(inp_bound=2.0, w_noise=0.5,
+                                      w_noise_type="additive_constant"))
+    torch.testing.assert_close(y, clean + torch.tensor([[[2.0], [1.0]]]))
+    y, _ = T._one_pass(w, x, exact_io(inp_bound=2.0, w_noise=0.5, w_noise_type="none"))
+    torch.testing.assert_close(y, clean)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_an_output_exactly_at_the_bound_is_not_managed(sign, monkeypatch):
+    """AIHWKit tests ``y > out_bound`` (and ``y < −out_bound``), strictly: an output of exactly
+    ±1 (0.75 plus output noise 0.25 with the draw at ±1) is read once; one just above (0.875 +
+    0.25) is redone at half the input (0.4375 + 0.25, times 2 = 1.375). A redo shows because the
+    noise does not halve with the input."""
+    monkeypatch.setattr(T, "gaussian_like", lambda y, noise_list=None: torch.full_like(y, sign))
+    io = exact_io(out_bound=1.0, out_noise=0.25, bound_management="iterative")
+    w = torch.tensor([[[1.0]]])
+    x = sign * torch.tensor([[[0.75], [0.875]]])
+    torch.testing.assert_close(T.analog_mvm(w, x, io), sign * torch.tensor([[[1.0], [1.375]]]))
 
 
 def test_analog_mvm_noise_management_divides_by_the_largest_input():
@@ -126,6 +143,10 @@ def test_analog_mvm_noise_management_divides_by_the_largest_input():
     torch.testing.assert_close(y, torch.tensor([[[0.75], [0.0]]]))  # 1 − 0.25
     y = T.analog_mvm(w, x, IOParameters(is_perfect=True))
     torch.testing.assert_close(y, torch.tensor([[[1.0], [0.0]]]))
+    # inputs below 1 are scaled up: (0.25, −0.5) → (0.5, −1) → 0.25, times 0.5
+    y = T.analog_mvm(w, torch.tensor([[[0.25, -0.5]]]),
+                     exact_io(inp_res=0.25, noise_management="abs_max"))
+    torch.testing.assert_close(y, torch.tensor([[[0.125]]]))
 
 
 def test_bound_management_halves_the_input_until_the_output_fits():
@@ -152,6 +173,11 @@ def test_bound_management_halves_the_input_until_the_output_fits():
     io = exact_io(out_bound=1.0, bound_management="none")
     torch.testing.assert_close(T.analog_mvm(w, torch.tensor([[[1.0]]]), io),
                                torch.tensor([[[1.0]]]))
+    # several inputs and outputs: the reduction is per sample, over all its outputs
+    io = exact_io(out_bound=1.0, bound_management="iterative")
+    w = torch.tensor([[[1.0, 1.0, 1.0], [0.5, 0.0, 0.0]]])
+    x = torch.tensor([[[1.0, 1.0, 1.0], [0.2, 0.2, 0.2]]])
+    torch.testing.assert_close(T.analog_mvm(w, x, io), torch.tensor([[[3.0, 0.5], [0.6, 0.1]]]))
 
 
 # --- the pulse trains -------------------------------------------------------------------------------
