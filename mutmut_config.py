@@ -13,6 +13,7 @@ other mutant is skipped (it costs nothing), and so are, inside the core,
 from __future__ import annotations
 
 import ast
+import os
 from functools import cache
 from pathlib import Path
 
@@ -51,9 +52,20 @@ def _core_lines(filename: str) -> frozenset[int]:
     return frozenset(i for i in keep if "native" not in lines[i])
 
 
+def _in_shard(line: int) -> bool:
+    """MUTATION_SHARD=k/n: only the mutants on lines ≡ k (mod n), so that n copies can share
+    the work (each in its own copy, with its own cache)."""
+    shard = os.environ.get("MUTATION_SHARD")
+    if not shard:
+        return True
+    k, n = (int(v) for v in shard.split("/"))
+    return line % n == k
+
+
 def pre_mutation(context) -> None:
     filename = str(Path(context.filename).as_posix())
-    if filename not in CORE or context.current_line_index not in _core_lines(filename):
+    line = context.current_line_index
+    if filename not in CORE or line not in _core_lines(filename) or not _in_shard(line):
         context.skip = True
         return
     context.config.test_command = f"{PYTEST} {CORE[filename]['tests']}"

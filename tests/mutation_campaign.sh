@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The mutation campaign (docs/testing.md), in one command:
-#     bash tests/mutation_campaign.sh [COPY]       (default COPY: /tmp/mutation)
+#     bash tests/mutation_campaign.sh [COPY [MUTMUT-RUN-ARGS...]]    (default COPY: /tmp/mutation)
 # copies the repository to COPY (mutmut edits the files in place while it runs), starts the warm
 # runner there (tests/mutation_runner.py), runs mutmut over the core (mutmut_config.py) and prints
 # the results and the CPU time it took. mutmut caches its results in COPY/.mutmut-cache: run again
@@ -8,6 +8,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 copy=${1:-/tmp/mutation}
+shift || true
 command -v mutmut > /dev/null || { echo "mutmut is missing: pip install mutmut==2.4.5" >&2; exit 2; }
 mkdir -p "$copy"
 # the sources, not data, results or git
@@ -21,7 +22,7 @@ server=$!
 trap 'kill $server 2> /dev/null; rm -f .mutation-runner.sock' EXIT
 for _ in $(seq 120); do [ -S .mutation-runner.sock ] && break; sleep 1; done
 start=$(date +%s)
-mutmut run --no-progress || true   # its exit status encodes the survivors; the results say it
+mutmut run --no-progress "$@" || true   # its exit status encodes the survivors; the results say it
 echo "wall time: $(( $(date +%s) - start )) s"
 mutmut results || true
 tick=$(getconf CLK_TCK)

@@ -16,8 +16,9 @@ from utils.dynamics import AnalogSGDDynamic, NoisySGD, TikiTakaDynamic, analog_i
 
 @pytest.fixture
 def unit_noise(monkeypatch):
-    """Every Gaussian draw ε at +1, so that a step adds exactly σ to the gradient."""
-    monkeypatch.setattr(dynamics.torch, "randn_like", lambda t: torch.ones_like(t))
+    """Every Gaussian draw ε at 2, so that a step adds exactly 2σ to the gradient (a draw of 1
+    would not tell σ·ε from σ/ε)."""
+    monkeypatch.setattr(dynamics.torch, "randn_like", lambda t: torch.full_like(t, 2.0))
 
 
 def param(*values: float, grad: tuple[float, ...] | None = None) -> torch.nn.Parameter:
@@ -38,28 +39,30 @@ def test_analog_increment_by_hand():
 def test_noisy_gradient_adds_sigma_times_the_draw(unit_noise):
     p = param(0.0, 0.0, grad=(0.5, -1.0))
     torch.testing.assert_close(dynamics.noisy_gradient(p, 0.3),
-                               torch.tensor([0.8, -0.7], dtype=torch.float64))
+                               torch.tensor([1.1, -0.4], dtype=torch.float64))
+    torch.testing.assert_close(dynamics.noisy_gradient(p, 1.0),
+                               torch.tensor([2.5, 1.0], dtype=torch.float64))
     g = dynamics.noisy_gradient(p, 0.0)
     torch.testing.assert_close(g, p.grad)
     assert g is not p.grad  # a copy: the rules may change it without touching the gradient
 
 
 def test_noisy_sgd_step_by_hand(unit_noise):
-    """W ← W − α(∇f + σε) = 1 − 0.1·(2 + 0.5) = 0.75; by default σ = 0: 1 − 0.1·2 = 0.8."""
+    """W ← W − α(∇f + σε) = 1 − 0.1·(2 + 0.5·2) = 0.7; by default σ = 0: 1 − 0.1·2 = 0.8."""
     p = param(1.0, grad=(2.0,))
     NoisySGD([p], lr=0.1, sigma=0.5).step()
-    assert float(p.detach()) == pytest.approx(0.75)
+    assert float(p.detach()) == pytest.approx(0.7)
     p = param(1.0, grad=(2.0,))
     NoisySGD([p], lr=0.1).step()
     assert float(p.detach()) == pytest.approx(0.8)
 
 
 def test_analog_sgd_step_by_hand(unit_noise):
-    """W ← W − αg̃ − (α/τ)|g̃|·W with g̃ = 2 + 0.5, α = 0.1, τ = 2, W = 1:
-    1 − 0.25 − 0.125 = 0.625; W = −1: −1 − 0.25 + 0.125 = −1.125. Default σ = 0: g̃ = 2."""
+    """W ← W − αg̃ − (α/τ)|g̃|·W with g̃ = 2 + 0.5·2 = 3, α = 0.1, τ = 2, W = 1:
+    1 − 0.3 − 0.15 = 0.55; W = −1: −1 − 0.3 + 0.15 = −1.15. Default σ = 0: g̃ = 2."""
     p = param(1.0, -1.0, grad=(2.0, 2.0))
     AnalogSGDDynamic([p], lr=0.1, tau=2.0, sigma=0.5).step()
-    torch.testing.assert_close(p.detach(), torch.tensor([0.625, -1.125], dtype=torch.float64))
+    torch.testing.assert_close(p.detach(), torch.tensor([0.55, -1.15], dtype=torch.float64))
     p = param(1.0, grad=(2.0,))
     AnalogSGDDynamic([p], lr=0.1, tau=2.0).step()
     assert float(p.detach()) == pytest.approx(1 - 0.2 - 0.1)
@@ -88,20 +91,20 @@ def test_step_evaluates_the_closure_with_gradients_and_returns_its_loss():
 
 
 def test_tiki_taka_steps_by_hand(unit_noise):
-    """β = 0.5, α = 0.2, τ = 2, σ = 0.5 (g̃ = g + 0.5), γ = 0.25, transfer every 2nd step; W₀ = 1.
-    Step 1 (g = 1.5, g̃ = 2): P = 0 + 0.5·2 − (0.5/2)·2·0 = 1; no transfer: W = 1, the model
-    holds W + γP = 1.25. Step 2 (g = 0.5, g̃ = 1): P = 1 + 0.5 − 0.25·1·1 = 1.25; transfer:
+    """β = 0.5, α = 0.2, τ = 2, σ = 0.5 (g̃ = g + 1), γ = 0.25, transfer every 2nd step; W₀ = 1.
+    Step 1 (g = 1, g̃ = 2): P = 0 + 0.5·2 − (0.5/2)·2·0 = 1; no transfer: W = 1, the model
+    holds W + γP = 1.25. Step 2 (g = 0, g̃ = 1): P = 1 + 0.5 − 0.25·1·1 = 1.25; transfer:
     W = 1 − 0.2·1.25 − (0.2/2)·1.25·1 = 0.625; the model holds 0.625 + 0.3125 = 0.9375."""
     p = param(1.0)
     opt = TikiTakaDynamic([p], lr=0.2, beta=0.5, tau=2.0, sigma=0.5, gamma=0.25,
                           transfer_every=2)
     assert float(opt.main_array(p)) == 1.0  # before the first step: p itself
-    p.grad = torch.tensor([1.5], dtype=torch.float64)
+    p.grad = torch.tensor([1.0], dtype=torch.float64)
     opt.step()
     assert float(opt.state[p]["P"]) == pytest.approx(1.0)
     assert float(opt.main_array(p)) == pytest.approx(1.0)
     assert float(p.detach()) == pytest.approx(1.25)
-    p.grad = torch.tensor([0.5], dtype=torch.float64)
+    p.grad = torch.tensor([0.0], dtype=torch.float64)
     opt.step()
     assert float(opt.state[p]["P"]) == pytest.approx(1.25)
     assert float(opt.main_array(p)) == pytest.approx(0.625)
@@ -117,21 +120,22 @@ def test_tiki_taka_defaults_transfer_every_step_without_noise_or_mixing():
     assert float(p.detach()) == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: NoisySGD(ps, lr=0.0),
-    lambda ps: NoisySGD(ps, lr=0.1, sigma=-0.1),
-    lambda ps: AnalogSGDDynamic(ps, lr=0.0, tau=1.0),
-    lambda ps: AnalogSGDDynamic(ps, lr=0.1, tau=0.0),
-    lambda ps: AnalogSGDDynamic(ps, lr=0.1, tau=1.0, sigma=-0.1),
-    lambda ps: TikiTakaDynamic(ps, lr=0.0, beta=0.1, tau=1.0),
-    lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.0, tau=1.0),
-    lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.1, tau=0.0),
-    lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.1, tau=1.0, sigma=-0.1),
-    lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.1, tau=1.0, gamma=-0.1),
-    lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.1, tau=1.0, transfer_every=0),
+@pytest.mark.parametrize("name, make", [
+    ("lr", lambda ps: NoisySGD(ps, lr=0.0)),
+    ("sigma", lambda ps: NoisySGD(ps, lr=0.1, sigma=-0.1)),
+    ("lr", lambda ps: AnalogSGDDynamic(ps, lr=0.0, tau=1.0)),
+    ("tau", lambda ps: AnalogSGDDynamic(ps, lr=0.1, tau=0.0)),
+    ("sigma", lambda ps: AnalogSGDDynamic(ps, lr=0.1, tau=1.0, sigma=-0.1)),
+    ("lr", lambda ps: TikiTakaDynamic(ps, lr=0.0, beta=0.1, tau=1.0)),
+    ("beta", lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.0, tau=1.0)),
+    ("tau", lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.1, tau=0.0)),
+    ("sigma", lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.1, tau=1.0, sigma=-0.1)),
+    ("gamma", lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.1, tau=1.0, gamma=-0.1)),
+    ("transfer_every", lambda ps: TikiTakaDynamic(ps, lr=0.1, beta=0.1, tau=1.0,
+                                                  transfer_every=0)),
 ])
-def test_out_of_range_hyper_parameters_are_rejected(make):
-    with pytest.raises(ValueError):
+def test_out_of_range_hyper_parameters_are_rejected_by_name(name, make):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
         make([param(0.0)])
 
 

@@ -218,14 +218,20 @@ def test_pulse_probabilities_by_hand():
     assert float(bl) == 1
 
 
-def test_pulse_probabilities_of_a_sample_without_input_or_error_are_zero():
+@pytest.mark.parametrize("bl_management", [True, False])
+@pytest.mark.parametrize("update_management", [True, False])
+def test_pulse_probabilities_of_a_sample_without_input_or_error_are_zero(bl_management,
+                                                                         update_management):
+    """A sample whose input (or error) is all zero fires no pulse: p = q = 0 and no slot, finite
+    (no 0/0) under every management setting; the live sample beside it is unaffected."""
     dw = torch.full((1, 1, 1), 1e-3)
-    x = torch.tensor([[[0.5, -1.0], [0.0, 0.0], [0.5, 1.0]]])
-    d = torch.tensor([[[0.2, -0.4], [0.2, 0.4], [0.0, 0.0]]])
-    p, q, bl = T.pulse_probabilities(x, d, 0.01, dw, 31)
-    assert bl.flatten().tolist() == [4.0, 0.0, 0.0]
+    x = torch.tensor([[[0.5, -1.0], [0.0, 0.0], [0.5, 1.0], [0.0, 0.0]]])
+    d = torch.tensor([[[0.2, -0.4], [0.2, 0.4], [0.0, 0.0], [0.0, 0.0]]])
+    p, q, bl = T.pulse_probabilities(x, d, 0.01, dw, 31, bl_management, update_management)
+    assert bl.flatten().tolist() == [4.0 if bl_management else 31.0, 0.0, 0.0, 0.0]
     assert float(p[:, 1:].abs().sum() + q[:, 1:].abs().sum()) == 0
     assert torch.isfinite(p).all() and torch.isfinite(q).all()
+    assert float(p[0, 0, 1]) > 0 and float(q[0, 0, 1]) > 0
 
 
 def dense(fired, shape) -> tuple[torch.Tensor, torch.Tensor]:
