@@ -281,6 +281,19 @@ def test_a_transfer_column_drives_its_own_line():
     torch.testing.assert_close(down, want_down)
 
 
+@pytest.mark.parametrize("n_in, n_out", [(1, 1), (1, 3), (3, 1)])
+def test_a_single_coincidence_is_counted(n_in, n_out):
+    """One slot, one firing line on each side (the first of each): exactly one pulse, down."""
+    x, d = torch.zeros(1, 1, n_in), torch.zeros(1, 1, n_out)
+    x[0, 0, 0], d[0, 0, 0] = 1.0, 1.0
+    shape = torch.Size((1, n_in, n_out))
+    up, down = dense(T.sparse_counts(x, d, (x != 0).float(), (d != 0).float(), torch.ones(1, 1, 1),
+                                     None, shape), shape)
+    want = torch.zeros(shape)
+    want[0, 0, 0] = 1
+    assert torch.equal(down, want) and float(up.abs().sum()) == 0
+
+
 def test_no_pulse_gives_none():
     x, d = torch.ones(1, 1, 2), torch.ones(1, 1, 2)
     shape = torch.Size((1, 2, 2))
