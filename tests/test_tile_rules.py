@@ -434,9 +434,11 @@ def test_update_moves_each_device_by_its_count_of_soft_bounds_pulses(mode, no_up
 
 
 def test_moment_update_of_any_values_moves_by_the_mean_counts(no_update_noise):
+    """Three runs (the counts of all runs come from one batched product), any inputs and errors,
+    a silent line."""
     g = torch.Generator().manual_seed(1)
-    array = spread_array(2, 5, 6)
-    x, d = torch.randn(2, 3, 6, generator=g), torch.randn(2, 3, 5, generator=g)
+    array = spread_array(3, 5, 6)
+    x, d = torch.randn(3, 3, 6, generator=g), torch.randn(3, 3, 5, generator=g)
     x[:, :, 4] = 0  # a silent line
     want = expected_update(array, x, d, 0.003)
     array.update(x, d, 0.003, UpdateParameters(), "moment")
