@@ -470,11 +470,11 @@ def test_moment_update_noise_terms_by_hand(monkeypatch):
     the independent part's variance and c2c = 0.5 the cycle-to-cycle spread."""
     monkeypatch.setattr(T.torch, "randn_like", lambda t: torch.ones_like(t))
     monkeypatch.setattr(T, "unit_noise", lambda octets, shape: torch.ones(shape))
-    array = T.SoftBoundsArray([device(dw_min_std=0.5)], 1, 1)
+    array = T.SoftBoundsArray([device(dw_min_std=0.5, w_min=-0.5)], 1, 1)
     array.weight.fill_(0.2)
     array.update(torch.ones(1, 1, 1), torch.ones(1, 1, 1), 0.0025, UpdateParameters(), "moment")
-    mean = closed_form(0.2, 0.01, 0.01, 1.0, -1.0, 0.0, 0.75)
-    a = 0.01 * (1 + mean)
+    mean = closed_form(0.2, 0.01, 0.01, 1.0, -0.5, 0.0, 0.75)
+    a = 0.01 * (1 + mean / 0.5)  # b_min = −0.5
     want = mean + math.sqrt(a * a / 16 + 0.25 * 1e-4 * 0.75)
     assert float(array.weight) == pytest.approx(want, rel=1e-6)
 
