@@ -35,7 +35,7 @@ from utils.least_squares import (
     run_dynamic,
 )
 from utils.plotting import LINESTYLES, PALETTE, ema, save_figure
-from utils.results import RunFolder
+from utils.runs import RunFolder
 
 FIGURE = "fig1_sgd_vs_lr"
 DEFAULTS = dict(  # the authors' settings

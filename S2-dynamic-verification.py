@@ -38,7 +38,8 @@ from utils.least_squares import (
     run_dynamic,
 )
 from utils.plotting import ema, save_figure
-from utils.results import RunFolder, atomic_write_bytes
+from utils.results import atomic_write_bytes
+from utils.runs import RunFolder
 
 FIGURE = "fig3_dynamic_vs_aihwkit"
 NOISE_MATCHES = ("authors", "variance")

@@ -38,7 +38,8 @@ from utils.least_squares import (
     run_dynamic,
 )
 from utils.plotting import MARKERS, PALETTE, ema, save_figure
-from utils.results import RunFolder, atomic_write_bytes
+from utils.results import atomic_write_bytes
+from utils.runs import RunFolder
 
 FIGURE = "fig4a_ablation_tau"
 DEFAULTS = dict(taus=[2.0, 3.0, 5.0, 10.0, 20.0, 50.0], lr=0.03, sigma=0.1, steps=3000,

@@ -31,7 +31,7 @@ from utils.least_squares import (
     run_aihwkit,
 )
 from utils.plotting import ema, save_figure, style
-from utils.results import RunFolder
+from utils.runs import RunFolder
 
 FIGURE = "fig4b_ablation_sigma"
 DEFAULTS = dict(variances=[1e-3, 1e-2, 1e-1, 1.0], lr=0.1, tau=2.0, steps=200, dw_min=1e-4,

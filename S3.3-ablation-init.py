@@ -35,7 +35,7 @@ from utils.least_squares import (
     run_aihwkit,
 )
 from utils.plotting import save_figure
-from utils.results import RunFolder
+from utils.runs import RunFolder
 
 FIGURE = "fig4c_ablation_init"
 DEFAULTS = dict(constants=[1e3, 1e2, 1e1, 1.0, 1e-2], warm=[10, 20, 30], lr=0.1, tau=1.0, steps=50,

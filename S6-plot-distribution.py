@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from utils import cli
-from utils.engine import backend_suffix, experiment_name, load_model_state, run_folder
+from utils.engine import backend_suffix, experiment_name, load_model_state
 from utils.plotting import LINESTYLES, PALETTE, plt, save_figure
 from utils.results import atomic_write_bytes
+from utils.runs import run_folder
 
 FIGURE = "fig7_weight_distribution"
 RUNS = {"FP SGD": "Digital SGD", "Analog SGD": "Analog SGD", "TT-v1": "Tiki-Taka"}

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from utils.cli import UserError
 from utils.data import FILES, GZ_MD5, TensorLoader, load_mnist, write_synthetic_mnist
 from utils.devices import SETTINGS, rpu_config
-from utils.engine import load_model_state, train_epoch
+from utils.engine import load_model_state, train_one_epoch
 from utils.models import build_cnn, build_fcn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,7 +155,7 @@ def test_training_updates_every_tile_and_checkpoint_restores_tiki_taka_state(mni
 
     before = [t.get_hidden_parameters() for t in model.analog_tiles()]
     loader = TensorLoader(load_mnist(mnist_root, download=False).train, 10, shuffle=True)
-    train_epoch(model, AnalogSGD(model.parameters(), lr=0.05), loader, F.nll_loss, "test")
+    train_one_epoch(model, AnalogSGD(model.parameters(), lr=0.05), [loader], F.nll_loss, "test")
     after = [t.get_hidden_parameters() for t in model.analog_tiles()]
     for old, new in zip(before, after, strict=True):
         assert not torch.equal(old["hidden_weights_0"], new["hidden_weights_0"])  # A trained
@@ -178,7 +178,7 @@ def test_analog_sgd_training_moves_every_tile_within_its_bounds(mnist_root):
     model = build_fcn(rpu_config("Analog SGD", 0.7))
     before = [t.tile.get_weights().clone() for t in model.analog_tiles()]
     loader = TensorLoader(load_mnist(mnist_root, download=False).train, 10, shuffle=True)
-    train_epoch(model, AnalogSGD(model.parameters(), lr=0.05), loader, F.nll_loss, "test")
+    train_one_epoch(model, AnalogSGD(model.parameters(), lr=0.05), [loader], F.nll_loss, "test")
     for old, tile in zip(before, model.analog_tiles(), strict=True):
         new, hidden = tile.tile.get_weights(), tile.get_hidden_parameters()
         assert (new != old).float().mean() > 0.01

@@ -18,7 +18,7 @@ import numpy as np
 from utils import results
 from utils.finetune import EXPERIMENT, IMAGE_SIZE, MODELS, PAPER_TAU, model_folder
 from utils.mnist_report import LABELS, LAST, Curve, format_pm
-from utils.results import read_metrics, read_record
+from utils.runs import read_metrics, read_record
 
 PAPER = {  # Table 2 of the paper: test accuracy %, ImageNet weights, full fine-tuning, τ = 0.8
     ("Resnet18", "FP SGD"): 93.03, ("Resnet34", "FP SGD"): 93.44, ("Resnet50", "FP SGD"): 95.92,
@@ -85,7 +85,7 @@ def load_runs(root: Path) -> list[Runs]:
         acc = np.array([[100 * m["test_acc"] for m in v] for v in per_seed.values()])
         epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))])
         config_path = seeds[next(iter(per_seed))] / "config.json"
-        config = read_record(config_path) if config_path.is_file() else {}
+        config = read_record(config_path, missing_ok=True)
         runs.append(Runs(model_dir, fft, alg, Curve(list(per_seed), epochs, acc.mean(0),
                                                     acc.std(0), per_run=acc), config))
     return runs

@@ -18,9 +18,9 @@ from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 
 from utils import cli, results
-from utils.engine import backend_suffix, run_name
+from utils.engine import backend_suffix
 from utils.plotting import DIGITAL_COLOR, PALETTE, ema, plt, save_figure
-from utils.results import read_metrics, read_record
+from utils.runs import read_metrics, read_record, run_name
 
 NETWORKS = {"FCN": (0.7, 0.78, 0.8), "CNN": (0.6, 0.7, 0.8)}  # the τ of each Figure 5 panel
 ANALOG = ("Analog SGD", "TT-v1")

@@ -3,7 +3,7 @@ and whether it can run here at all (reproduce.py executes the plan).
 
 A plan is a list of :class:`Step`: the training runs (S1–S3, the Figure 5 grid, Table 2), then the
 figure/table steps that read them. Each run's status is read from its run folder, never guessed:
-  done     the least-squares result file (utils.results.RunFolder) exists and the figure is drawn, or
+  done     the least-squares result file (utils.runs.RunFolder) exists and the figure is drawn, or
            an MNIST/CIFAR run's metrics.jsonl holds every epoch of the budget (and model.pt where
            Figure 7 needs it);
   todo     anything else; an unfinished run resumes, because every script resumes from its folder;
@@ -29,7 +29,8 @@ from types import ModuleType
 from urllib.parse import urlparse
 
 from utils.cli import UserError
-from utils.results import REPO_ROOT, read_metrics, read_record
+from utils.results import REPO_ROOT
+from utils.runs import read_metrics, read_record
 
 SEEDS = (0, 1, 2)  # Figure 5: mean ± std over 3 runs (paper, Section 5)
 CIFAR_SEEDS = (0,)  # Table 2: one number per cell (the paper gives no std)
@@ -153,7 +154,7 @@ def training_status(folder: Path, epochs: int, checks: dict[str, object],
         if config.get("diverged"):  # an outcome: training it again would diverge again
             return "done", f"diverged in epoch {config['diverged']['epoch']}"
     try:
-        metrics = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+        metrics = read_metrics(folder / "metrics.jsonl", missing_ok=True)
     except UserError:
         return "todo", "metrics.jsonl damaged (the script will say what to do)"
     last = metrics[-1]["epoch"] if metrics else -1
@@ -244,10 +245,10 @@ def _flag(args: tuple[str, ...], name: str, default):
 def build_plan(budget: Budget, out: Path, data_root: Path, download: bool = True,
                sources: dict[str, tuple[str, str]] | None = None) -> list[Step]:
     """Every step of the paper for ``budget``, with its status read from ``out``."""
-    from utils.engine import run_folder, run_name
     from utils.finetune import EPOCHS, MODELS, PAPER_TAU
     from utils.finetune import run_folder as finetune_folder
     from utils.mnist_report import grid
+    from utils.runs import run_folder, run_name
 
     out, data_root = Path(out), Path(data_root)
     sources = sources if sources is not None else data_sources(data_root, download)
