@@ -18,7 +18,7 @@ import numpy as np
 from utils import results
 from utils.finetune import EXPERIMENT, IMAGE_SIZE, MODELS, PAPER_TAU, model_folder
 from utils.mnist_report import LABELS, LAST, Curve, format_pm
-from utils.runs import read_metrics, read_record
+from utils.runs import read_record, read_seeds
 
 PAPER = {  # Table 2 of the paper: test accuracy %, ImageNet weights, full fine-tuning, τ = 0.8
     ("Resnet18", "FP SGD"): 93.03, ("Resnet34", "FP SGD"): 93.44, ("Resnet50", "FP SGD"): 95.92,
@@ -68,20 +68,12 @@ def load_runs(root: Path) -> list[Runs]:
         grouped.setdefault(key, {})[path.parent.name] = path.parent
     runs = []
     for (model_dir, fft, alg), seeds in grouped.items():
-        per_seed = {name: read_metrics(folder / "metrics.jsonl") for name, folder in seeds.items()}
-        per_seed = {k: v for k, v in per_seed.items() if v}
-        for seed in [k for k, v in per_seed.items() if v[-1].get("diverged")]:
-            print(f"{'/'.join([EXPERIMENT, model_dir, alg, seed])}: diverged in epoch "
-                  f"{per_seed.pop(seed)[-1]['epoch']}, left out")
+        name = "/".join([EXPERIMENT, model_dir, *(["FFT"] if fft else []), alg])
+        per_seed, diverged = read_seeds(seeds, name)
+        for seed, epoch in diverged.items():
+            print(f"{name}/{seed}: diverged in epoch {epoch}, left out")
         if not per_seed:
             continue
-        longest = max(len(v) for v in per_seed.values())
-        for seed, rows in list(per_seed.items()):
-            if len(rows) < longest:  # as for MNIST: an unfinished seed would cut the others short
-                name = "/".join([EXPERIMENT, model_dir, *(["FFT"] if fft else []), alg, seed])
-                print(f"{name}: left out, {rows[-1]['epoch']} of the {longest - 1} epochs of the "
-                      "other seeds")
-                del per_seed[seed]
         acc = np.array([[100 * m["test_acc"] for m in v] for v in per_seed.values()])
         epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))])
         config_path = seeds[next(iter(per_seed))] / "config.json"

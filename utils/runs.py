@@ -146,6 +146,26 @@ def read_metrics(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def read_seeds(folders: dict[str, Path], name: str
+               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """The metrics of one run's seed folders ({seed: folder}) that can be averaged, and the seeds
+    that diverged ({seed: epoch}). A seed without a metrics.jsonl row is left out; so is a seed
+    shorter than the longest (unfinished: it would cut the others' curves short), with a line
+    naming it as ``name``/seed."""
+    per_seed = {seed: read_metrics(folder / "metrics.jsonl", missing_ok=True)
+                for seed, folder in folders.items()}
+    per_seed = {k: v for k, v in per_seed.items() if v}
+    diverged = {k: v[-1]["epoch"] for k, v in per_seed.items() if v[-1].get("diverged")}
+    per_seed = {k: v for k, v in per_seed.items() if k not in diverged}
+    longest = max((len(v) for v in per_seed.values()), default=0)
+    for seed, rows in list(per_seed.items()):
+        if len(rows) < longest:
+            print(f"{name}/{seed}: left out, {rows[-1]['epoch']} of the {longest - 1} epochs of the "
+                  "other seeds")
+            del per_seed[seed]
+    return per_seed, diverged
+
+
 def tensorboard_scalars(row: dict[str, Any]) -> dict[str, float]:
     """The scalars of one metrics.jsonl row under their TensorBoard tags: every number but the epoch
     (the step), each group's lr as State/lr/<group>, each probe value as Probe/<name>; None (epoch
