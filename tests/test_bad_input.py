@@ -175,7 +175,9 @@ def test_a_damaged_record_is_one_line_naming_file_line_and_remedy(tmp_path):
 
     path = torn_metrics(tmp_path / "run")
     with pytest.raises(cli.UserError, match=r"metrics.jsonl, line 2: .*delete the run folder"):
-        read_metrics(path)
+        read_metrics(path, missing_ok=True)  # missing_ok forgives a missing file, not a damaged one
+    assert read_metrics(tmp_path / "none.jsonl", missing_ok=True) == []
+    assert read_record(tmp_path / "none.json", missing_ok=True) == {}
     for text, line in (('{\n "a": 1,\n', 3), ('{"loss": NaN}', 1), ("[1]", 1)):
         (tmp_path / "config.json").write_text(text)
         with pytest.raises(cli.UserError, match=rf"config.json, line {line}: .*delete"):

@@ -374,15 +374,16 @@ class RunFolder:
             self.keep_model()
         return True
 
-    def keep_model(self) -> None:
-        """model.pt: a copy of the last checkpoint (unless there is one already)."""
-        if not (self.path / "model.pt").is_file():
+    def keep_model(self, replace: bool = False) -> None:
+        """model.pt: a copy of the last checkpoint (a model.pt already there stays, unless
+        ``replace``)."""
+        if replace or not (self.path / "model.pt").is_file():
             atomic_write_bytes(self.path / "model.pt", (self.path / "checkpoint.pt").read_bytes())
 
     def finish(self, save_model: bool) -> None:
         """The run trained to the end: model.pt is its last checkpoint if ``save_model``."""
         if save_model:
-            atomic_write_bytes(self.path / "model.pt", (self.path / "checkpoint.pt").read_bytes())
+            self.keep_model(replace=True)
         print(f"done: {self.path}")
 
     def start(self, record: dict[str, Any]) -> None:
