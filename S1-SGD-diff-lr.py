@@ -34,7 +34,7 @@ from utils.least_squares import (
 )
 from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import LINESTYLES, PALETTE, ema, save_figure
-from utils.results import RunFolder
+from utils.runs import RunFolder
 
 PAPER = LEAST_SQUARES["S1-SGD-diff-lr"]  # the authors' settings
 FIGURE, DEFAULTS = PAPER.figure, PAPER.settings

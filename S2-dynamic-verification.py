@@ -37,7 +37,8 @@ from utils.least_squares import (
 )
 from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import ema, save_figure
-from utils.results import RunFolder, atomic_write_bytes
+from utils.results import atomic_write_bytes
+from utils.runs import RunFolder
 
 PAPER = LEAST_SQUARES["S2-dynamic-verification"]  # the authors' settings
 FIGURE, DEFAULTS = PAPER.figure, PAPER.settings

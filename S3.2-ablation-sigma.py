@@ -30,7 +30,7 @@ from utils.least_squares import (
 )
 from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import ema, save_figure, style
-from utils.results import RunFolder
+from utils.runs import RunFolder
 
 PAPER = LEAST_SQUARES["S3.2-ablation-sigma"]  # the authors' settings
 FIGURE, DEFAULTS = PAPER.figure, PAPER.settings

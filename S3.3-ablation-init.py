@@ -32,7 +32,7 @@ from utils.least_squares import (
 )
 from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.plotting import save_figure
-from utils.results import RunFolder
+from utils.runs import RunFolder
 
 PAPER = LEAST_SQUARES["S3.3-ablation-init"]  # the authors' settings
 FIGURE, DEFAULTS = PAPER.figure, PAPER.settings

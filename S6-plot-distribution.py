@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from utils import cli
-from utils.engine import backend_suffix, experiment_name, load_model_state, run_folder
+from utils.engine import backend_suffix, experiment_name, load_model_state
 from utils.paper import FIGURE7, FIGURE7_SEED, FIGURE7_TABLE, FIGURE7_TAU, LABELS, SETTINGS
 from utils.plotting import LINESTYLES, PALETTE, plt, save_figure
 from utils.results import atomic_write_bytes
+from utils.runs import run_folder
 
 
 def parse_args(argv: list[str] | None = None):

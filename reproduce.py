@@ -34,7 +34,8 @@ import sys
 from pathlib import Path
 
 from utils import cli
-from utils.results import REPO_ROOT, lock_run_folder
+from utils.results import REPO_ROOT
+from utils.runs import lock_run_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""Overhead of our training loop (utils.engine.train_epoch over utils.data.TensorLoader) over bare
+"""Overhead of our training loop (utils.engine.train_one_epoch over utils.data.TensorLoader) over bare
 AIHWKit forward + backward + update on the same in-memory batches, and the time of one MNIST epoch.
 
     python benchmarks/bench_mnist_loop.py [--model fcn|cnn] [--steps 300] [--threads 1]
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 from utils.data import TensorLoader, find_files, load_mnist, write_synthetic_mnist  # noqa: E402
 from utils.devices import SETTINGS, rpu_config  # noqa: E402
-from utils.engine import EVAL_BATCH, evaluate, train_epoch  # noqa: E402
+from utils.engine import EVAL_BATCH, evaluate, train_one_epoch  # noqa: E402
 from utils.models import build_cnn, build_fcn  # noqa: E402
 from utils.paper import MNIST_BATCH_SIZE  # noqa: E402
 
@@ -73,7 +73,7 @@ def main() -> None:
                 if kind == "bare":
                     bare_loop(model, optimizer, batches)
                 else:
-                    train_epoch(model, optimizer, loader, F.nll_loss, "bench")
+                    train_one_epoch(model, optimizer, [loader], F.nll_loss, "bench")
                 times[kind].append(time.perf_counter() - start)
         bare, ours = min(times["bare"]), min(times["ours"])
         start = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
-from utils.results import read_metrics  # noqa: E402
+from utils.runs import read_metrics  # noqa: E402
 
 CONVS = (("conv1", "0"), ("conv2", "3"))
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 from utils import results  # noqa: E402
 from utils.analog_torch.native import kernels, set_native  # noqa: E402
 from utils.analog_torch.presets import SETTINGS  # noqa: E402
-from utils.engine import experiment_name, run_folder  # noqa: E402
-from utils.results import read_metrics  # noqa: E402
+from utils.engine import experiment_name  # noqa: E402
+from utils.runs import read_metrics, run_folder  # noqa: E402
 
 MARGIN = 1.0  # percentage points around AIHWKit's range over seeds
 # (backend, update mode, how): each torch mode with tensor operations only (--no-compile) and with

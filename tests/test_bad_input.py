@@ -119,7 +119,7 @@ def test_an_unusable_out_is_refused_in_one_line(capsys, tmp_path):
 def held(folder: Path):
     """Another process holding ``folder``'s run lock; yields its PID."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-                               "from utils.results import lock_run_folder as l; l(sys.argv[2]);"
+                               "from utils.runs import lock_run_folder as l; l(sys.argv[2]);"
                                "print('locked', flush=True); time.sleep(60)", str(ROOT), str(folder)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -133,7 +133,7 @@ def held(folder: Path):
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     """The lock is the kernel's: held by a live process, refused to this one with its PID; gone
     when that process dies. A temporary file left by a killed atomic write is cleaned up."""
-    from utils.results import lock_run_folder
+    from utils.runs import lock_run_folder
 
     folder = tmp_path / "run"
     with held(folder) as pid, pytest.raises(cli.UserError, match=f"PID {pid}"):
@@ -171,11 +171,13 @@ def torn_metrics(folder: Path) -> Path:
 
 
 def test_a_damaged_record_is_one_line_naming_file_line_and_remedy(tmp_path):
-    from utils.results import read_metrics, read_record
+    from utils.runs import read_metrics, read_record
 
     path = torn_metrics(tmp_path / "run")
     with pytest.raises(cli.UserError, match=r"metrics.jsonl, line 2: .*delete the run folder"):
-        read_metrics(path)
+        read_metrics(path, missing_ok=True)  # missing_ok forgives a missing file, not a damaged one
+    assert read_metrics(tmp_path / "none.jsonl", missing_ok=True) == []
+    assert read_record(tmp_path / "none.json", missing_ok=True) == {}
     for text, line in (('{\n "a": 1,\n', 3), ('{"loss": NaN}', 1), ("[1]", 1)):
         (tmp_path / "config.json").write_text(text)
         with pytest.raises(cli.UserError, match=rf"config.json, line {line}: .*delete"):
@@ -186,9 +188,9 @@ def test_every_consumer_turns_a_damaged_record_into_one_line(capsys, tmp_path):
     """Resume, the plot and table scripts, the report and least-squares reuse."""
     import torch
 
-    from utils.engine import RunState
     from utils.mnist_report import plot_main
     from utils.reproduce.report import write_report
+    from utils.runs import RunFolder
 
     folder = tmp_path / "runs" / "MNIST-FCN" / "FP SGD" / "seed0"
     torn_metrics(folder)
@@ -196,7 +198,7 @@ def test_every_consumer_turns_a_damaged_record_into_one_line(capsys, tmp_path):
     torch.save({k: {} for k in ("model_state_dict", "optimizer_state_dict",
                                 "scheduler_state_dict")} | {"epoch": 1}, folder / "checkpoint.pt")
     with pytest.raises(cli.UserError, match="metrics.jsonl, line 2"):
-        RunState(folder, {})
+        RunFolder(folder, {}).resume()
     with pytest.raises(cli.UserError, match="metrics.jsonl, line 2"):
         write_report(tmp_path, tmp_path / "REPORT.md")
     err = one_line_exit_2(capsys, plot_main, "FCN", None,
@@ -225,27 +227,27 @@ def test_a_diverging_run_is_recorded_as_diverged_and_not_trained_again(tmp_path,
     import torch
     from torch import nn
 
-    from utils.engine import train
+    from utils.engine import fit
     from utils.mnist_report import load_curve
-    from utils.results import read_metrics, read_record
+    from utils.runs import read_metrics, read_record
 
     gen = torch.Generator().manual_seed(0)
     data = Batches((torch.randn(8, 4, generator=gen), torch.randint(0, 3, (8,), generator=gen))
                    for _ in range(4))
     folder = tmp_path / "runs" / "MNIST-FCN" / "FP SGD" / "seed0"
 
-    def fit():
-        return train(folder, lambda: nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(1)), data, data,
-                     lr=1e38, epochs=3, seed=0, device=torch.device("cpu"), record={},
-                     make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=1e38))
+    def train():
+        return fit([folder], lambda _: nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(1)), [data], data,
+                   lr=1e38, epochs=3, seeds=[0], device=torch.device("cpu"), records=[{}],
+                   make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=1e38))
 
-    fit()
+    train()
     assert "diverged in epoch 1" in capsys.readouterr().out
     rows = read_metrics(folder / "metrics.jsonl")  # strict JSON: no NaN token
     assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["diverged"]
     assert rows[-1]["test_acc"] is None
     assert read_record(folder / "config.json")["diverged"] == {"epoch": 1}
-    fit()
+    train()
     assert "nothing to do" in capsys.readouterr().out
     assert load_curve(tmp_path, "FCN", "FP SGD", None).outcome == "diverged (epoch 1)"
 
@@ -290,15 +292,15 @@ def test_a_large_step_keeps_soft_bounds_weights_finite_without_the_kernels(mode)
 # --- resume by content ------------------------------------------------------------------------
 
 def test_a_run_resumes_from_the_same_data_elsewhere_and_refuses_other_data(tmp_path):
-    from utils.engine import RunState
     from utils.results import write_json
+    from utils.runs import RunFolder
 
     data = {"folder": "data/MNIST/raw", "md5": {"train": "aa"}, "n_train": 60000}
     write_json(tmp_path / "config.json", {"setting": "FP SGD", "data": data})
     moved = {**data, "folder": "/elsewhere/MNIST/raw"}
-    RunState(tmp_path, {"setting": "FP SGD", "data": moved})  # same files, another path: resumes
+    RunFolder(tmp_path, {"setting": "FP SGD", "data": moved}).resume()  # same files, another path: resumes
     with pytest.raises(cli.UserError, match="data differs|data:"):
-        RunState(tmp_path, {"setting": "FP SGD", "data": {**moved, "md5": {"train": "bb"}}})
+        RunFolder(tmp_path, {"setting": "FP SGD", "data": {**moved, "md5": {"train": "bb"}}}).resume()
 
 
 # --- clean shutdown of reproduce.py -----------------------------------------------------------
@@ -374,8 +376,8 @@ def test_a_diverging_run_of_a_batch_stops_alone(tmp_path, capsys):
     import torch
     from torch import nn
 
-    from utils.engine import train_runs
-    from utils.results import read_metrics, read_record
+    from utils.engine import fit
+    from utils.runs import read_metrics, read_record
 
     class PerRun(nn.Module):  # R independent linear classifiers
         def __init__(self, scales: list[float]) -> None:
@@ -391,9 +393,9 @@ def test_a_diverging_run_of_a_batch_stops_alone(tmp_path, capsys):
     data = Batches((torch.randn(8, 4, generator=gen), torch.randint(0, 3, (8,), generator=gen))
                    for _ in range(2))
     folders = [tmp_path / f"seed{r}" for r in range(2)]
-    metrics = train_runs(folders, lambda idx: PerRun([[0.01, 1e38][i] for i in idx]), [data, data],
-                         data, lr=0.1, epochs=2, seeds=[0, 1], device=torch.device("cpu"),
-                         records=[{}, {}])
+    metrics = fit(folders, lambda idx: PerRun([[0.01, 1e38][i] for i in idx]), [data, data],
+                  data, lr=0.1, epochs=2, seeds=[0, 1], device=torch.device("cpu"),
+                  records=[{}, {}], batched=True)
     out = capsys.readouterr().out
     assert "seed1: diverged in epoch 0" in out and "train loss [" in out
     assert [len(m) for m in metrics] == [3, 1] and metrics[1][0]["diverged"]

@@ -15,7 +15,6 @@ the CPU alone of at most 2.1 % in six pairs of 20,000 runs (Tiki-Taka's A and C,
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import subprocess
@@ -29,6 +28,7 @@ from utils.analog_torch import native, presets
 from utils.analog_torch import nn as tnn
 from utils.analog_torch.tile import AnalogTile, _res_step, analog_mvm, set_compile
 from utils.data import write_synthetic_mnist
+from utils.runs import read_metrics, read_record
 
 CUDA = torch.device(os.environ.get("ANALOG_TEST_DEVICE", "cuda"))
 pytestmark = pytest.mark.skipif(CUDA.type == "cuda" and not torch.cuda.is_available(),
@@ -173,13 +173,13 @@ def test_the_fcn_script_trains_on_the_gpu_and_records_it(tmp_path, mode):
     exp = "MNIST-FCN-torch" + ("-pulse" if mode == "pulse" else "")
     for seed in (0, 1):
         folder = tmp_path / "out" / "runs" / exp / "TT-v1-tau=0.7" / f"seed{seed}"
-        config = json.loads((folder / "config.json").read_text())
+        config = read_record(folder / "config.json")
         if CUDA.type == "cuda":
             assert config["device"] == "cuda:0"
             env = config["environment"]
             assert env["gpu"] == torch.cuda.get_device_name(0)
             assert env["cuda"] == torch.version.cuda and env["gpu_driver"]
-        rows = [json.loads(s) for s in (folder / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(folder / "metrics.jsonl")
         assert [r["epoch"] for r in rows] == [0, 1, 2]
         assert rows[2]["train_loss"] < rows[1]["train_loss"], rows
         assert all(math.isfinite(r["test_loss"]) for r in rows), rows

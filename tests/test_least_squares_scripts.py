@@ -4,7 +4,6 @@ its defaults and its run folder from the registry of the paper (utils/paper.py).
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import torch
 
 from utils.paper import DATA_SEED, LEAST_SQUARES, RUN_SEED
 from utils.reproduce.plan import least_squares_result, setting_flags
+from utils.runs import read_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def read_losses(run_dir: Path) -> dict[str, list[float]]:
     """The loss curves of a run folder, checked: every value finite and positive, and the run
     learns (its best curve ends below 0.8 of where it started; on the tiny budgets the ratio is
     0.01-0.7)."""
-    curves = json.loads((run_dir / "curves.json").read_text())
+    curves = read_record(run_dir / "curves.json")
     losses = {name: c["loss"] for name, c in curves.get("curves", curves).items()}
     assert losses
     for name, loss in losses.items():
@@ -54,7 +54,7 @@ def test_script_writes_raw_results_and_figure(script, tmp_path):
     for ext in ("png", "pdf"):
         assert (tmp_path / "figures" / f"{figure}.{ext}").stat().st_size > 1000
     (run_dir,) = (tmp_path / "runs").glob("*/*")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_record(run_dir / "config.json")
     assert config["config"]["steps"] == int(args[1])
     assert config["environment"]["aihwkit"] or script.startswith("S3.1")
     losses = read_losses(run_dir).values()
@@ -74,7 +74,7 @@ def test_pulsed_curves_by_the_torch_backend(script, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "reusing" not in proc.stdout
     assert (tmp_path / "figures" / f"{figure}_torch.png").stat().st_size > 1000
-    configs = {p.parent: json.loads(p.read_text())["config"]
+    configs = {p.parent: read_record(p)["config"]
                for p in (tmp_path / "runs").glob("*/*/config.json")}
     assert sorted(c.get("backend", "aihwkit") for c in configs.values()) == ["aihwkit", "torch"]
     for run_dir in configs:

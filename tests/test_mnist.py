@@ -21,8 +21,9 @@ from torch.nn import functional as F
 from utils.cli import UserError
 from utils.data import FILES, GZ_MD5, TensorLoader, load_mnist, write_synthetic_mnist
 from utils.devices import SETTINGS, rpu_config
-from utils.engine import load_model_state, train_epoch
+from utils.engine import load_model_state, train_one_epoch
 from utils.models import build_cnn, build_fcn
+from utils.runs import read_metrics, read_record
 
 REPO = Path(__file__).resolve().parent.parent
 FCN, CNN = REPO / "S4.1-mnist-FCN.py", REPO / "S4.2-mnist-CNN.py"
@@ -48,7 +49,7 @@ def run_dir(out: Path, name: str, experiment: str = "MNIST-FCN") -> Path:
 
 
 def metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(folder / "metrics.jsonl")
 
 
 def tile_shapes(model: nn.Module) -> list[tuple[int, int]]:
@@ -155,7 +156,7 @@ def test_training_updates_every_tile_and_checkpoint_restores_tiki_taka_state(mni
 
     before = [t.get_hidden_parameters() for t in model.analog_tiles()]
     loader = TensorLoader(load_mnist(mnist_root, download=False).train, 10, shuffle=True)
-    train_epoch(model, AnalogSGD(model.parameters(), lr=0.05), loader, F.nll_loss, "test")
+    train_one_epoch(model, AnalogSGD(model.parameters(), lr=0.05), [loader], F.nll_loss, "test")
     after = [t.get_hidden_parameters() for t in model.analog_tiles()]
     for old, new in zip(before, after, strict=True):
         assert not torch.equal(old["hidden_weights_0"], new["hidden_weights_0"])  # A trained
@@ -178,7 +179,7 @@ def test_analog_sgd_training_moves_every_tile_within_its_bounds(mnist_root):
     model = build_fcn(rpu_config("Analog SGD", 0.7))
     before = [t.tile.get_weights().clone() for t in model.analog_tiles()]
     loader = TensorLoader(load_mnist(mnist_root, download=False).train, 10, shuffle=True)
-    train_epoch(model, AnalogSGD(model.parameters(), lr=0.05), loader, F.nll_loss, "test")
+    train_one_epoch(model, AnalogSGD(model.parameters(), lr=0.05), [loader], F.nll_loss, "test")
     for old, tile in zip(before, model.analog_tiles(), strict=True):
         new, hidden = tile.tile.get_weights(), tile.get_hidden_parameters()
         assert (new != old).float().mean() > 0.01
@@ -205,7 +206,7 @@ def test_each_setting_trains_through_the_script(setting, mnist_root, tmp_path):
     assert rows[2]["train_loss"] < rows[1]["train_loss"]
     assert rows[2]["test_loss"] < rows[0]["test_loss"] - 0.2
     assert [r["lr"] for r in rows] == [0.05] * 3
-    config = json.loads((folder / "config.json").read_text())
+    config = read_record(folder / "config.json")
     assert config["setting"] == setting and config["batch_size"] == 10
     assert config["environment"]["aihwkit"] == "1.1.0"
     assert ("SoftBoundsReferenceDevice" in config["rpu_config"]) == (setting != "FP SGD")
@@ -219,7 +220,7 @@ def test_cnn_script_runs_and_keeps_the_model(mnist_root, tmp_path):
     folder = run_dir(tmp_path, "FP SGD", "MNIST-CNN")
     assert [r["epoch"] for r in metrics(folder)] == [0, 1]
     assert torch.load(folder / "model.pt", weights_only=False)["epoch"] == 1
-    assert json.loads((folder / "config.json").read_text())["batch_size"] == 8
+    assert read_record(folder / "config.json")["batch_size"] == 8
 
 
 def test_resume_continues_after_the_last_finished_epoch(mnist_root, tmp_path):

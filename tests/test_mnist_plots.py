@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from utils.data import write_synthetic_mnist
-from utils.engine import run_folder
+from utils.runs import run_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,12 +15,12 @@ import torch
 
 import reproduce
 from utils.data import write_synthetic_cifar10, write_synthetic_mnist
-from utils.engine import run_folder
 from utils.paper import LEAST_SQUARES
 from utils.reproduce import plan as plan_module
 from utils.reproduce.launch import RunTask, step_cuda
 from utils.reproduce.plan import BUDGETS, build_plan, least_squares_result, select
 from utils.reproduce.report import deviations, write_report
+from utils.runs import run_folder
 
 REPO = Path(__file__).resolve().parent.parent
 FCN, CNN, A12 = "S4.1-mnist-FCN", "S4.2-mnist-CNN", "A12-resnet-finetune"

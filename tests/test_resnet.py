@@ -34,6 +34,7 @@ from utils.devices import SETTINGS, rpu_config
 from utils.engine import load_model_state
 from utils.finetune import BASE_LR, DW_MIN_STATES, analog_sgd, lr_groups
 from utils.models import build_resnet
+from utils.runs import read_metrics, read_record
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT, TABLE = REPO / "A12-resnet-finetune.py", REPO / "A12-table.py"
@@ -59,7 +60,7 @@ def run_dir(out: Path, alg: str, model: str = "Resnet18-scratch", fft: bool = Tr
 
 
 def metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(folder / "metrics.jsonl")
 
 
 def alg_name(setting: str) -> str:
@@ -263,7 +264,7 @@ def test_each_setting_trains_through_the_script(setting, trained):
     assert rows[2]["train_loss"] < math.log(10)
     family = "FP SGD" if setting == "FP SGD" else "Analog SGD"
     assert all(r["group_lr"] == pytest.approx(AUTHORS[("Resnet18", family)]) for r in rows)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_record(folder / "config.json")
     assert config["weights"] == "none" and config["image_size"] == 32
     assert config["setting"] == setting and config["full_fine_tune"] is True
     assert config["lr_groups_mode"] == "authors" and config["loss"] == "cross_entropy"
@@ -278,7 +279,7 @@ def test_intended_groups_and_a_frozen_backbone_through_the_script(cifar_root, tm
               "--lr-groups", "intended")
     assert res.returncode == 0, res.stderr
     folder = run_dir(tmp_path, "Analog SGD-tau=0.8", fft=False)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_record(folder / "config.json")
     assert [g["name"] for g in config["lr_groups"]] == ["head tile", "head bias", "output scale"]
     wanted = {k: v for k, v in INTENDED["Analog SGD"].items() if k != "backbone"}
     assert metrics(folder)[1]["group_lr"] == pytest.approx(wanted)
@@ -371,7 +372,7 @@ def test_a_weights_file_names_the_run_by_its_hash(cifar_root, tmp_path):
     assert res.returncode == 0, res.stderr
     (folder,) = (tmp_path / "out" / "runs" / "CIFAR10-finetune").iterdir()
     assert folder.name.startswith("Resnet18-custom-")
-    config = json.loads((folder / "FP SGD" / "seed0" / "config.json").read_text())
+    config = read_record(folder / "FP SGD" / "seed0" / "config.json")
     assert config["weights_file"] == str(path) and folder.name.endswith(config["weights_sha256"][:8])
 
 

@@ -19,7 +19,7 @@ from utils import results
 from utils.finetune import EXPERIMENT, model_folder
 from utils.mnist_report import LAST, Curve, format_pm
 from utils.paper import LABELS, TABLE2, TABLE2_IMAGE_SIZE, TABLE2_PAPER, TABLE2_RUNS
-from utils.results import read_metrics, read_record
+from utils.runs import read_record, read_seeds
 
 
 @dataclass
@@ -60,24 +60,16 @@ def load_runs(root: Path) -> list[Runs]:
         grouped.setdefault(key, {})[path.parent.name] = path.parent
     runs = []
     for (model_dir, fft, alg), seeds in grouped.items():
-        per_seed = {name: read_metrics(folder / "metrics.jsonl") for name, folder in seeds.items()}
-        per_seed = {k: v for k, v in per_seed.items() if v}
-        for seed in [k for k, v in per_seed.items() if v[-1].get("diverged")]:
-            print(f"{'/'.join([EXPERIMENT, model_dir, alg, seed])}: diverged in epoch "
-                  f"{per_seed.pop(seed)[-1]['epoch']}, left out")
+        name = "/".join([EXPERIMENT, model_dir, *(["FFT"] if fft else []), alg])
+        per_seed, diverged = read_seeds(seeds, name)
+        for seed, epoch in diverged.items():
+            print(f"{name}/{seed}: diverged in epoch {epoch}, left out")
         if not per_seed:
             continue
-        longest = max(len(v) for v in per_seed.values())
-        for seed, rows in list(per_seed.items()):
-            if len(rows) < longest:  # as for MNIST: an unfinished seed would cut the others short
-                name = "/".join([EXPERIMENT, model_dir, *(["FFT"] if fft else []), alg, seed])
-                print(f"{name}: left out, {rows[-1]['epoch']} of the {longest - 1} epochs of the "
-                      "other seeds")
-                del per_seed[seed]
         acc = np.array([[100 * m["test_acc"] for m in v] for v in per_seed.values()])
         epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))])
         config_path = seeds[next(iter(per_seed))] / "config.json"
-        config = read_record(config_path) if config_path.is_file() else {}
+        config = read_record(config_path, missing_ok=True)
         runs.append(Runs(model_dir, fft, alg, Curve(list(per_seed), epochs, acc.mean(0),
                                                     acc.std(0), per_run=acc), config))
     return runs

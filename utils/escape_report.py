@@ -27,7 +27,7 @@ from utils.escape import (
     wilson_interval,
 )
 from utils.paper import ESCAPE_ACC, FIGURE5_RUNS, FIGURE5_STUCK, MNIST_EPOCHS
-from utils.results import read_metrics, read_record
+from utils.runs import read_metrics, read_record
 
 SETTING = "Analog SGD"
 NAME = "stuck_probability"  # results/figures/<NAME>.{png,pdf}, results/tables/<NAME>.{md,csv}

@@ -61,6 +61,7 @@ from utils.paper import (
     TABLE2_MODELS,
     TABLE2_TAU,
 )
+from utils.runs import run_name
 
 EXPERIMENT = "CIFAR10-finetune"
 MODELS = TABLE2_MODELS
@@ -238,8 +239,6 @@ def run_folder(out: Path, model: str, weights_label: str, full_fine_tune: bool, 
                tau: float, seed: int, backend: str = "") -> Path:
     """``<out>/runs/CIFAR10-finetune[-torch[-pulse]]/<model>[/FFT]/<alg>/seed<k>`` (the authors'
     log folder, plus the seed; ``backend`` the torch backend's suffix)."""
-    from utils.engine import run_name
-
     folder = Path(out) / "runs" / (EXPERIMENT + backend) / model_folder(model, weights_label)
     if full_fine_tune:
         folder = folder / "FFT"
@@ -250,7 +249,7 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validate the flags, load the weights and CIFAR-10, train. Every check that can fail runs
     before the run folder is touched."""
     from utils.data import CifarImages, ImageLoader, load_cifar10
-    from utils.engine import backend_suffix, run_name, train
+    from utils.engine import backend_suffix, fit
     from utils.models import build_resnet, load_backbone_weights
 
     torch_backend = args.backend == "torch"
@@ -326,17 +325,17 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
         torch.backends.cudnn.benchmark = True
     train_images = CifarImages(data.train_images, data.train_labels, args.image_size)
     test_images = CifarImages(data.test_images, data.test_labels, args.image_size)
-    return train(
-        folder, build,
-        ImageLoader(train_images, args.batch_size, shuffle=True, seed=args.seed,
-                    workers=args.workers, device=device),
+    return fit(
+        [folder], lambda _: build(),
+        [ImageLoader(train_images, args.batch_size, shuffle=True, seed=args.seed,
+                     workers=args.workers, device=device)],
         ImageLoader(test_images, TEST_BATCH, shuffle=False, workers=args.workers, device=device),
-        lr=lr, epochs=args.epochs, seed=args.seed, device=device, record=record,
+        lr=lr, epochs=args.epochs, seeds=[args.seed], device=device, records=[record],
         save_model=args.save_checkpoint, loss_fn=F.cross_entropy,
         make_optimizer=lambda model: analog_sgd(lr_groups(model, lr, args.lr_groups), lr,
                                                 args.backend),
         lr_step=LR_STEP, lr_gamma=LR_GAMMA,
-        to_device=lambda model, dev: model.place(dev, head_device), may_change=MAY_CHANGE)
+        to_device=lambda model, dev: model.place(dev, head_device), may_change=MAY_CHANGE)[0]
 
 
 def finetune_parser(doc: str | None) -> Parser:

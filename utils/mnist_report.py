@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 
 from utils import cli, results
-from utils.engine import backend_suffix, run_name
+from utils.engine import backend_suffix
 from utils.paper import (
     ANALOG,
     CHANCE_ACC,
@@ -31,7 +31,7 @@ from utils.paper import (
     MNIST_TAUS,
 )
 from utils.plotting import DIGITAL_COLOR, PALETTE, ema, plt, save_figure
-from utils.results import read_metrics, read_record
+from utils.runs import read_record, read_seeds, run_name
 
 LAST = 5  # epochs averaged for the table
 SHORT = 10  # runs with fewer epochs are drawn unsmoothed, without the zoom
@@ -92,27 +92,18 @@ def load_curve(root: Path, network: str, setting: str, tau: float | None,
                backend: str = "") -> Curve | None:
     """Aggregate every seed folder of one run; None if no seed has a metrics file. ``backend``
     is the experiment suffix of the torch backend's runs ("-torch", "-torch-pulse"; "": AIHWKit)."""
-    folder = Path(root) / "runs" / f"MNIST-{network}{backend}" / run_name(setting, tau)
-    per_seed = {p.parent.name: read_metrics(p) for p in sorted(folder.glob("seed*/metrics.jsonl"))}
-    per_seed = {k: v for k, v in per_seed.items() if v}
-    if not per_seed:
+    name = f"MNIST-{network}{backend}/{run_name(setting, tau)}"
+    folder = Path(root) / "runs" / name
+    per_seed, diverged = read_seeds({p.parent.name: p.parent for p in
+                                     sorted(folder.glob("seed*/metrics.jsonl"))}, name)
+    if not per_seed and not diverged:
         return None
-    diverged = {k: v[-1]["epoch"] for k, v in per_seed.items() if v[-1].get("diverged")}
-    per_seed = {k: v for k, v in per_seed.items() if k not in diverged}
     if not per_seed:  # an outcome without a curve: drawn as nothing, tabled as diverged
         empty = np.zeros(0)
         return Curve([], empty, empty, empty, diverged=diverged)
-    longest = max(len(v) for v in per_seed.values())
-    for seed, rows in list(per_seed.items()):
-        if len(rows) < longest:  # unfinished (or shorter) seeds would cut the others' curves short
-            print(f"MNIST-{network}{backend}/{run_name(setting, tau)}/{seed}: left out, {rows[-1]['epoch']} "
-                  f"of the {longest - 1} epochs of the other seeds")
-            del per_seed[seed]
-    common = longest
-    config = folder / next(iter(per_seed)) / "config.json"
-    target = read_record(config).get("epochs") if config.is_file() else None
-    acc = np.array([[100 * m["test_acc"] for m in v[:common]] for v in per_seed.values()])
-    epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))[:common]])
+    target = read_record(folder / next(iter(per_seed)) / "config.json", missing_ok=True).get("epochs")
+    acc = np.array([[100 * m["test_acc"] for m in v] for v in per_seed.values()])
+    epochs = np.array([m["epoch"] for m in next(iter(per_seed.values()))])
     return Curve(seeds=list(per_seed), epochs=epochs, mean=acc.mean(0), std=acc.std(0),
                  target_epochs=target, per_run=acc, diverged=diverged)
 

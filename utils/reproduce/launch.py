@@ -24,7 +24,8 @@ from pathlib import Path
 import submitit
 
 from utils.reproduce.plan import Step
-from utils.results import REPO_ROOT, read_record, write_json
+from utils.results import REPO_ROOT, write_json
+from utils.runs import read_record
 
 ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
                        "RESIZING")

@@ -3,7 +3,7 @@ and whether it can run here at all (reproduce.py executes the plan).
 
 A plan is a list of :class:`Step`: the training runs (S1–S3, the Figure 5 grid, Table 2), then the
 figure/table steps that read them. Each run's status is read from its run folder, never guessed:
-  done     the least-squares result file (utils.results.RunFolder) exists and the figure is drawn, or
+  done     the least-squares result file (utils.runs.RunFolder) exists and the figure is drawn, or
            an MNIST/CIFAR run's metrics.jsonl holds every epoch of the budget (and model.pt where
            Figure 7 needs it);
   todo     anything else; an unfinished run resumes, because every script resumes from its folder;
@@ -43,7 +43,7 @@ from utils.paper import (
     TABLE2_SEEDS,
     TABLE2_TAU,
 )
-from utils.results import RunFolder, read_metrics, read_record
+from utils.runs import RunFolder, read_metrics, read_record
 
 MNIST_SCRIPTS = {"FCN": "S4.1-mnist-FCN", "CNN": "S4.2-mnist-CNN"}
 FINETUNE_SCRIPT = "A12-resnet-finetune"
@@ -113,7 +113,7 @@ def least_squares_result(out: Path, script: str, changes: Mapping[str, Any]) -> 
     settings (utils.paper) changed by ``changes``: its run folder is named from those settings and
     the seeds, as the script names it (tests/test_least_squares_scripts.py checks that they agree)."""
     config = {**LEAST_SQUARES[script].settings, "data_seed": DATA_SEED, "seed": RUN_SEED, **changes}
-    return RunFolder(out, script, config).results_path
+    return RunFolder.hashed(out, script, config).results_path
 
 
 def setting_flags(changes: Mapping[str, Any]) -> list[str]:
@@ -139,7 +139,7 @@ def training_status(folder: Path, epochs: int, checks: dict[str, object],
         if config.get("diverged"):  # an outcome: training it again would diverge again
             return "done", f"diverged in epoch {config['diverged']['epoch']}"
     try:
-        metrics = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+        metrics = read_metrics(folder / "metrics.jsonl", missing_ok=True)
     except UserError:
         return "todo", "metrics.jsonl damaged (the script will say what to do)"
     last = metrics[-1]["epoch"] if metrics else -1
@@ -219,9 +219,9 @@ def _flag(args: tuple[str, ...], name: str, default):
 def build_plan(budget: Budget, out: Path, data_root: Path, download: bool = True,
                sources: dict[str, tuple[str, str]] | None = None) -> list[Step]:
     """Every step of the paper for ``budget``, with its status read from ``out``."""
-    from utils.engine import run_folder, run_name
     from utils.finetune import run_folder as finetune_folder
     from utils.mnist_report import grid
+    from utils.runs import run_folder, run_name
 
     out, data_root = Path(out), Path(data_root)
     sources = sources if sources is not None else data_sources(data_root, download)

@@ -29,7 +29,8 @@ from utils.paper import (
     TABLE2_TAU,
     Item,
 )
-from utils.results import REPO_ROOT, atomic_write_bytes, read_metrics, read_record
+from utils.results import REPO_ROOT, atomic_write_bytes
+from utils.runs import read_metrics, read_record
 
 SEED_NOTE = ("What a seed fixes: the initial weights and the order of the training data, and with the "
              "torch backend also every pulse and noise draw (a rerun on the same machine repeats the "
@@ -49,14 +50,6 @@ NOTES = {"mnist:FCN": (SEED_NOTE,)}  # paragraphs below an item's figure
 
 
 # --- reading run folders ------------------------------------------------------------------------
-
-def _read_json(path: Path) -> dict:
-    return read_record(path) if Path(path).is_file() else {}
-
-
-def _metrics(path: Path) -> list[dict]:
-    return read_metrics(path) if Path(path).is_file() else []
-
 
 def duration(seconds: float) -> str:
     if seconds < 90:
@@ -89,19 +82,20 @@ class Provenance:
 
 
 def least_squares_provenance(root: Path, stem: str, where: Path) -> Provenance | None:
+    def settings(folder: Path) -> dict:
+        return read_record(folder / "config.json", missing_ok=True).get("config", {})
+
     folders = [p.parent for p in (root / "runs" / stem).glob("*/curves.json")
                # the report's figures are AIHWKit's; S2 --backend torch runs have their own
-               if _read_json(p.parent / "config.json").get("config", {}).get("backend",
-                                                                          "aihwkit") == "aihwkit"]
+               if settings(p.parent).get("backend", "aihwkit") == "aihwkit"]
     if not folders:
         return None
     paper_steps = LEAST_SQUARES[stem].settings["steps"]
     # the run at the paper's budget, else the longest; ties by folder name. Never the files' times:
     # a fresh clone gives every file the same age, and the report must not depend on the clock
-    newest = max(folders, key=lambda p: (
-        _read_json(p / "config.json").get("config", {}).get("steps") == paper_steps,
-        _read_json(p / "config.json").get("config", {}).get("steps") or 0, p.name))
-    saved = _read_json(newest / "config.json")
+    newest = max(folders, key=lambda p: (settings(p).get("steps") == paper_steps,
+                                         settings(p).get("steps") or 0, p.name))
+    saved = read_record(newest / "config.json", missing_ok=True)
     config = saved.get("config", {})
     budget = (f"{config.get('steps', '?')} steps per run (the paper's protocol: {paper_steps}), "
               f"seed {config.get('seed', '?')}")
@@ -132,11 +126,11 @@ class TrainingRun:
 def _training_runs(folders: dict[str, Path]) -> tuple[list[TrainingRun], list[str]]:
     found, missing = [], []
     for name, folder in folders.items():
-        metrics = _metrics(folder / "metrics.jsonl")
+        metrics = read_metrics(folder / "metrics.jsonl", missing_ok=True)
         if not metrics:
             missing.append(name)
             continue
-        found.append(TrainingRun(name, _read_json(folder / "config.json"), metrics,
+        found.append(TrainingRun(name, read_record(folder / "config.json", missing_ok=True), metrics,
                                  (folder / "model.pt").is_file()))
     return found, missing
 
@@ -162,8 +156,8 @@ def _training_provenance(runs: list[TrainingRun], missing: list[str], expected: 
 
 
 def mnist_provenance(root: Path, network: str) -> Provenance | None:
-    from utils.engine import run_folder, run_name
     from utils.mnist_report import grid
+    from utils.runs import run_folder, run_name
 
     folders = {f"MNIST-{network}/{run_name(s, t)}/seed{k}": run_folder(root, f"MNIST-{network}", s,
                                                                       t or 1.0, k)
@@ -178,8 +172,8 @@ def mnist_provenance(root: Path, network: str) -> Provenance | None:
 
 def runs_per_cell(runs: list[TrainingRun], network: str) -> str:
     """"3 in every cell", or each cell's count ("Digital SGD 3; Analog SGD τ=0.7 2, …")."""
-    from utils.engine import run_name
     from utils.mnist_report import grid
+    from utils.runs import run_name
 
     counts = {(s, t): sum(r.name.startswith(f"MNIST-{network}/{run_name(s, t or 1.0)}/")
                           for r in runs) for s, t in grid(network)}
@@ -190,7 +184,7 @@ def runs_per_cell(runs: list[TrainingRun], network: str) -> str:
 
 
 def fig7_provenance(root: Path) -> Provenance | None:
-    from utils.engine import run_folder, run_name
+    from utils.runs import run_folder, run_name
 
     tau, seed = FIGURE7_TAU, FIGURE7_SEED
     folders = {f"MNIST-FCN/{run_name(s, t)}/seed{seed}": run_folder(root, "MNIST-FCN", s, t or 1.0,
