@@ -61,12 +61,12 @@ def load_fcn(path: Path, setting: str, args):
             model = build_fcn([resolve(setting, args.tau)], [args.seed], args.update_mode)
             model.load_state_dict(ckpt["model_state_dict"])
         else:
-            from utils.devices import rpu_config
             from utils.models import build_fcn
+            from utils.rpu_configs import rpu_config
 
             model = build_fcn(rpu_config(setting, args.tau))
             load_model_state(model, ckpt["model_state_dict"])
-    except cli.UserError as err:  # AIHWKit missing (utils.devices)
+    except cli.UserError as err:  # AIHWKit missing (utils.rpu_configs)
         cli.fail(str(err))
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         cli.fail(f"{path}: not a readable FCN checkpoint of {setting} ({type(err).__name__}); "

@@ -75,7 +75,7 @@ def aihwkit_variant(model: str, setting: str):
     from aihwkit.optim import AnalogSGD
 
     from utils import models
-    from utils.devices import rpu_config
+    from utils.rpu_configs import rpu_config
 
     torch.manual_seed(0)
     net = {"fcn": models.build_fcn, "cnn": models.build_cnn}[model](rpu_config(setting, TAU))

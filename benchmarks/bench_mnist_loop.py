@@ -23,9 +23,9 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 from utils.data import TensorLoader, find_files, load_mnist, write_synthetic_mnist  # noqa: E402
-from utils.devices import SETTINGS, rpu_config  # noqa: E402
 from utils.engine import EVAL_BATCH, evaluate, train_epoch  # noqa: E402
 from utils.models import build_cnn, build_fcn  # noqa: E402
+from utils.rpu_configs import SETTINGS, rpu_config  # noqa: E402
 
 MODELS = {"fcn": (build_fcn, 10), "cnn": (build_cnn, 8)}  # builder, the authors' batch size
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000

@@ -61,7 +61,7 @@ def bench_setting(setting: str, args: argparse.Namespace, device: torch.device,
         model = build_resnet("Resnet18", resolve(setting, 0.8, dw_min=0.8 / DW_MIN_STATES),
                              update_mode="moment")
     else:
-        from utils.devices import rpu_config
+        from utils.rpu_configs import rpu_config
 
         model = build_resnet("Resnet18", rpu_config(setting, 0.8, dw_min=0.8 / DW_MIN_STATES))
     model.autocast_dtype, model.channels_last = autocast, device.type == "cuda"

@@ -71,9 +71,9 @@ def summarize(grads: torch.Tensor, exact: torch.Tensor) -> list[tuple[float, flo
 def aihwkit_rows(tiles: int, repeats: int, out_noise: float) -> list[tuple[float, float]]:
     from aihwkit.nn import AnalogConv2d
 
-    from utils import devices
+    from utils import rpu_configs
 
-    config = devices.rpu_config("TT-v1", TAU)
+    config = rpu_configs.rpu_config("TT-v1", TAU)
     config.forward.out_noise = config.backward.out_noise = out_noise
     w, x, err = problem()
     grads, weights = [], []

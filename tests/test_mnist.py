@@ -20,9 +20,9 @@ from torch.nn import functional as F
 
 from utils.cli import UserError
 from utils.data import FILES, GZ_MD5, TensorLoader, load_mnist, write_synthetic_mnist
-from utils.devices import SETTINGS, rpu_config
 from utils.engine import load_model_state, train_epoch
 from utils.models import build_cnn, build_fcn
+from utils.rpu_configs import SETTINGS, rpu_config
 
 REPO = Path(__file__).resolve().parent.parent
 FCN, CNN = REPO / "S4.1-mnist-FCN.py", REPO / "S4.2-mnist-CNN.py"

@@ -95,8 +95,8 @@ def test_plot_without_runs_is_one_clear_line(tmp_path):
 
 
 def save_untrained_fcn(root: Path, setting: str, tau: float) -> Path:
-    from utils.devices import rpu_config
     from utils.models import build_fcn
+    from utils.rpu_configs import rpu_config
 
     torch.manual_seed(0)
     model = build_fcn(rpu_config(setting, tau))

@@ -30,10 +30,10 @@ from utils.data import (
     load_cifar10,
     write_synthetic_cifar10,
 )
-from utils.devices import SETTINGS, rpu_config
 from utils.engine import load_model_state
 from utils.finetune import BASE_LR, DW_MIN_STATES, analog_sgd, lr_groups
 from utils.models import build_resnet
+from utils.rpu_configs import SETTINGS, rpu_config
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT, TABLE = REPO / "A12-resnet-finetune.py", REPO / "A12-table.py"

@@ -4,7 +4,7 @@ Fidelity: one update of a tile with AIHWKit's device parameters copied in, repea
 from the same weights, gives per-element mean and variance within 5 % of AIHWKit's (Analog SGD,
 both update modes; one Tiki-Taka transfer); the forward and backward passes give the same output
 mean and variance; short seeded training runs on a learnable stand-in learn as AIHWKit's do. Then the
-mechanics: configs equal to utils.devices', batching, state slicing, the scripts' --backend torch.
+mechanics: configs equal to utils.rpu_configs', batching, state slicing, the scripts' --backend torch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import devices
+from utils import rpu_configs
 from utils.analog_torch import native, presets
 from utils.analog_torch import nn as tnn
 from utils.analog_torch.config import from_aihwkit
@@ -70,7 +70,7 @@ VARIANTS = {"moment": ("moment", False), "moment-cpp": ("moment", True), "pulse"
 
 
 def analog_sgd_config(tau: float = 0.7):
-    config = devices.rpu_config("Analog SGD", tau)
+    config = rpu_configs.rpu_config("Analog SGD", tau)
     config.mapping.learn_out_scaling = False
     return config
 
@@ -80,19 +80,19 @@ def analog_sgd_config(tau: float = 0.7):
 @pytest.mark.parametrize("setting", presets.SETTINGS)
 @pytest.mark.parametrize("tau", [0.7, 0.78])
 def test_presets_equal_converted_aihwkit_configs(setting, tau):
-    assert from_aihwkit(devices.rpu_config(setting, tau)) == presets.rpu_config(setting, tau)
+    assert from_aihwkit(rpu_configs.rpu_config(setting, tau)) == presets.rpu_config(setting, tau)
 
 
 @pytest.mark.parametrize("managed", [False, True])
 def test_least_squares_presets_equal_converted_aihwkit_configs(managed):
-    theirs = devices.least_squares_config(1.0, 1e-3, 0.05, 5000, managed_io=managed)
+    theirs = rpu_configs.least_squares_config(1.0, 1e-3, 0.05, 5000, managed_io=managed)
     assert from_aihwkit(theirs) == presets.least_squares_config(1.0, 1e-3, 0.05, 5000,
                                                                 managed_io=managed)
 
 
 @pytest.mark.parametrize("field, value", [("ir_drop", 0.1), ("out_nonlinearity", 0.2)])
 def test_unsimulated_aihwkit_settings_are_refused(field, value):
-    config = devices.rpu_config("Analog SGD", 0.7)
+    config = rpu_configs.rpu_config("Analog SGD", 0.7)
     setattr(config.forward, field, value)
     with pytest.raises(ValueError, match=field):
         from_aihwkit(config)
@@ -196,7 +196,7 @@ def test_tiki_taka_transfer_matches_aihwkit():
     torch.manual_seed(2)
     # AIHWKit's tile is not seeded by torch: its sample mean varies from run to run by a few %
     trials, out_size, in_size, lr = 20000, 6, 5, 0.05
-    config = devices.rpu_config("TT-v1", 0.7)
+    config = rpu_configs.rpu_config("TT-v1", 0.7)
     _, tile = aihwkit_layer(config, in_size, out_size)
     hidden = tile.get_hidden_parameters()
     c0 = (torch.rand(out_size, in_size) * 2 - 1) * 0.3
@@ -262,7 +262,7 @@ def test_tiki_taka_transfer_visits_the_columns_in_order_and_wraps_around():
     from aihwkit.optim import AnalogSGD
 
     torch.manual_seed(0)
-    config = devices.rpu_config("TT-v1", 0.7)
+    config = rpu_configs.rpu_config("TT-v1", 0.7)
     config.mapping.learn_out_scaling = False
     layer, tile = aihwkit_layer(config, 4, 6)
     tile.set_weights(torch.zeros(6, 4))
@@ -461,7 +461,7 @@ def test_conv_training_step_matches_aihwkit():
 
     torch.manual_seed(4)
     trials, lr = 2500, 0.05
-    config = devices.rpu_config("Analog SGD", 0.7)  # learn_out_scaling on, as in the experiments
+    config = rpu_configs.rpu_config("Analog SGD", 0.7)  # learn_out_scaling on, as in the experiments
     layer = AnalogConv2d(2, 3, 3, bias=False, rpu_config=config)
     tile = next(layer.analog_tiles())
     hidden = tile.get_hidden_parameters()
@@ -560,7 +560,7 @@ def test_reseeding_an_aihwkit_tile_keeps_its_state_and_draws_a_new_noise_mean():
 
     from utils.engine import reseed_aihwkit_tiles
 
-    config = devices.rpu_config("TT-v1", 0.7)
+    config = rpu_configs.rpu_config("TT-v1", 0.7)
     config.mapping.learn_out_scaling = False
     layer = AnalogLinear(6, 3, bias=False, rpu_config=config)
     tile = next(layer.analog_tiles())
@@ -695,7 +695,7 @@ def test_initial_weights_are_those_of_the_aihwkit_backend():
     from utils.models import build_fcn
 
     torch.manual_seed(4)
-    theirs = build_fcn(devices.rpu_config("FP SGD", 1.0))
+    theirs = build_fcn(rpu_configs.rpu_config("FP SGD", 1.0))
     ours = tnn.build_fcn([presets.rpu_config("FP SGD", 1.0)], [4])
     first = [m for m in theirs.modules() if type(m).__name__ == "AnalogLinear"][0]
     w, _ = first.get_weights()
@@ -1102,7 +1102,7 @@ def stand_in_accuracies(setting: str, backend: str, runs: int) -> list[float]:
     order = torch.Generator().manual_seed(0)
     batches = [idx for _ in range(STAND_IN["epochs"])
                for idx in torch.randperm(len(x), generator=order).split(STAND_IN["batch"])]
-    config = devices.rpu_config(setting, 0.7)
+    config = rpu_configs.rpu_config(setting, 0.7)
     if backend == "aihwkit":
         from aihwkit.optim import AnalogSGD
 
@@ -1197,7 +1197,7 @@ def test_lr_groups_are_aihwkits(model, setting):
     from utils.models import build_resnet
 
     dw_min = 0.8 / DW_MIN_STATES
-    theirs = build_resnet(model, devices.rpu_config(setting, 0.8, dw_min), freeze_backbone=True)
+    theirs = build_resnet(model, rpu_configs.rpu_config(setting, 0.8, dw_min), freeze_backbone=True)
     ours = build_resnet(model, presets.rpu_config(setting, 0.8, dw_min), freeze_backbone=True,
                         update_mode="moment")
     summary = [[(g["name"], g["lr"], len(g["params"])) for g in lr_groups(m, 0.075)]

@@ -233,6 +233,6 @@ def torch_device(cuda: int, require_aihwkit_cuda: bool = True):
 
 
 def _aihwkit_has_cuda() -> bool:
-    from utils import devices  # a missing AIHWKit is reported there, in one line
+    from utils import rpu_configs  # a missing AIHWKit is reported there, in one line
 
-    return devices.aihwkit_has_cuda()
+    return rpu_configs.aihwkit_has_cuda()

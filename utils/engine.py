@@ -618,7 +618,7 @@ def train_mnist(args: argparse.Namespace, network: str, *, study: str = "",
         builder = {"FCN": tnn.build_fcn, "CNN": tnn.build_cnn}[network]
     else:
         from utils import models
-        from utils.devices import rpu_config
+        from utils.rpu_configs import rpu_config
 
         configs = [rpu_config(args.SETTING, tau or 1.0) for tau, _ in grid]
         builder = {"FCN": models.build_fcn, "CNN": models.build_cnn}[network]

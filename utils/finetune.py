@@ -258,14 +258,14 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
         config = resolve(setting, tau, dw_min=tau / DW_MIN_STATES)
         update_mode = args.update_mode
     else:
-        from utils.devices import rpu_config
+        from utils.rpu_configs import rpu_config
 
         config = rpu_config(setting, tau, dw_min=tau / DW_MIN_STATES)
         update_mode = None
     if torch_backend or not gpu:
         head_device = device
     else:  # the PyPI AIHWKit has CPU tiles only: the head stays on the CPU next to a GPU backbone
-        from utils.devices import aihwkit_has_cuda
+        from utils.rpu_configs import aihwkit_has_cuda
 
         head_device = device if aihwkit_has_cuda() else torch.device("cpu")
     download = not args.no_download

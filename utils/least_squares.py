@@ -221,7 +221,7 @@ def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int =
 @dataclass(frozen=True)
 class PulsedSimulator:
     """The simulator of a least-squares script's pulsed curves (--backend): ``config`` builds its
-    RPU config (utils.devices.least_squares_config's signature), ``label`` names it in titles and
+    RPU config (utils.rpu_configs.least_squares_config's signature), ``label`` names it in titles and
     tables, ``suffix`` is appended to figure and table names, ``ignore`` lists the flags left out
     of the run folder's name (so AIHWKit runs keep the folders they had before --backend existed)."""
 
@@ -250,7 +250,7 @@ def pulsed_simulator(args) -> PulsedSimulator:
     from utils.cli import UserError, fail
 
     try:
-        from utils.devices import least_squares_config
+        from utils.rpu_configs import least_squares_config
     except UserError as err:  # AIHWKit missing: these scripts have no other UserError to report
         fail(str(err))
     return PulsedSimulator(least_squares_config, "AIHWKit", "", ("backend", "update_mode"))

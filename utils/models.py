@@ -1,5 +1,5 @@
 """The MNIST networks of Figure 5 (as in the authors' code), with every weight matrix on analog
-tiles configured by one ``rpu_config`` (utils.devices.rpu_config) and biases digital.
+tiles configured by one ``rpu_config`` (utils.rpu_configs.rpu_config) and biases digital.
 
 Both take images of shape (N, 1, 28, 28) and return log-probabilities (train with NLLLoss).
 Table 2's ImageNet ResNets with an analog classifier head, and their initial weights, follow them.
