@@ -22,12 +22,13 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+from utils.backend import AIHWKIT  # noqa: E402
 from utils.data import TensorLoader, find_files, load_mnist, write_synthetic_mnist  # noqa: E402
 from utils.engine import EVAL_BATCH, evaluate, train_epoch  # noqa: E402
-from utils.models import build_cnn, build_fcn  # noqa: E402
+from utils.models import build_network  # noqa: E402
 from utils.rpu_configs import SETTINGS, rpu_config  # noqa: E402
 
-MODELS = {"fcn": (build_fcn, 10), "cnn": (build_cnn, 8)}  # builder, the authors' batch size
+MODELS = {"fcn": ("FCN", 10), "cnn": ("CNN", 8)}  # network, the authors' batch size
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 
 
@@ -50,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from aihwkit.optim import AnalogSGD
 
-    build, batch_size = MODELS[args.model]
+    network, batch_size = MODELS[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_root
         if find_files(root) is None:
@@ -66,7 +67,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for kind in times:
                 torch.manual_seed(0)
-                model = build(config)
+                model = build_network(network, [config], AIHWKIT)
                 optimizer = AnalogSGD(model.parameters(), lr=0.05)
                 start = time.perf_counter()
                 if kind == "bare":

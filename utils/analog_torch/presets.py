@@ -2,7 +2,7 @@
 
 They are the same values as utils.rpu_configs (which builds AIHWKit's configs); the test suite checks
 that ``from_aihwkit(utils.rpu_configs.rpu_config(s, τ)) == rpu_config(s, τ)``, so the two never drift.
-Scripts use :func:`resolve`, which converts utils.rpu_configs' config when AIHWKit is importable and
+The torch backend (utils.backend) converts utils.rpu_configs' config when AIHWKit is importable and
 falls back to these presets when it is not.
 """
 
@@ -85,14 +85,3 @@ def rpu_config(setting: str, tau: float, dw_min: float = 1e-3) -> RPUConfig:
                                  mapping=MappingParameter(learn_out_scaling=True))
     raise ValueError(f"unknown setting {setting!r}; choose one of {', '.join(SETTINGS)}")
 
-
-def resolve(setting: str, tau: float, dw_min: float = 1e-3) -> RPUConfig:
-    """The torch-backend config of a setting: utils.rpu_configs' AIHWKit config converted when AIHWKit
-    is importable (one source of settings), else :func:`rpu_config`."""
-    try:
-        from utils import rpu_configs
-    except ImportError:
-        return rpu_config(setting, tau, dw_min)
-    from utils.analog_torch.config import from_aihwkit
-
-    return from_aihwkit(rpu_configs.rpu_config(setting, tau, dw_min))
