@@ -59,7 +59,8 @@ class Backend:
         """Set the process-wide switches of the backend (before any tile is built)."""
 
     def training_device(self, cuda: int) -> torch.device:
-        """The torch.device of ``--CUDA`` for a model whose every layer runs on it."""
+        """The torch.device of ``--CUDA`` for a model whose every layer runs on it (UserError if
+        it cannot)."""
         raise NotImplementedError
 
     def head_device(self, device: torch.device) -> torch.device:
@@ -154,9 +155,16 @@ class AIHWKitBackend(Backend):
         import utils.rpu_configs  # noqa: F401
 
     def training_device(self, cuda: int) -> torch.device:
+        """A GPU needs an AIHWKit built with CUDA (the PyPI wheel is CPU-only)."""
         from utils.cli import torch_device
+        from utils.rpu_configs import aihwkit_has_cuda  # a missing AIHWKit is reported there
 
-        return torch_device(cuda, require_aihwkit_cuda=True)
+        device = torch_device(cuda)
+        if device.type == "cuda" and not aihwkit_has_cuda():
+            raise UserError(f"--CUDA {cuda}: this AIHWKit was built without CUDA (the PyPI wheel is "
+                            "CPU-only; install aihwkit-gpu from conda-forge); use --CUDA -1 (CPU) or "
+                            "--backend torch")
+        return device
 
     def head_device(self, device: torch.device) -> torch.device:
         """The PyPI AIHWKit has CPU tiles only: the head then stays on the CPU next to a GPU
@@ -304,7 +312,7 @@ class TorchBackend(Backend):
     def training_device(self, cuda: int) -> torch.device:
         from utils.cli import torch_device
 
-        return torch_device(cuda, require_aihwkit_cuda=False)
+        return torch_device(cuda)
 
     def rpu_config(self, setting: str, tau: float, dw_min: float = 1e-3) -> Any:
         """utils.rpu_configs' AIHWKit config converted when AIHWKit is importable (one source of

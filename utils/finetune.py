@@ -238,7 +238,7 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     backend = from_args(args)
     suffix = backend.suffix
-    device = torch_device(args.CUDA, require_aihwkit_cuda=False)
+    device = torch_device(args.CUDA)  # the head goes where backend.head_device says
     gpu = device.type == "cuda"
     if args.threads is not None:
         torch.set_num_threads(args.threads)
