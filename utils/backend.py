@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,10 @@ class Backend:
     def least_squares_config(self, tau: float, dw_min: float, w_noise: float, desired_bl: int, *,
                              managed_io: bool = False, subtract_symmetry_point: bool = False) -> Any:
         """Analog SGD on the ideal τ-bounded device of S1–S3 (utils.rpu_configs)."""
+        return self._least_squares_builder()(tau, dw_min, w_noise, desired_bl, managed_io=managed_io,
+                                             subtract_symmetry_point=subtract_symmetry_point)
+
+    def _least_squares_builder(self) -> Callable[..., Any]:
         raise NotImplementedError
 
     def convert(self, digitals: Sequence[nn.Sequential], configs: Sequence[Any]) -> nn.Module:
@@ -180,12 +184,10 @@ class AIHWKitBackend(Backend):
 
         return rpu_config(setting, tau, dw_min)
 
-    def least_squares_config(self, tau: float, dw_min: float, w_noise: float, desired_bl: int, *,
-                             managed_io: bool = False, subtract_symmetry_point: bool = False) -> Any:
+    def _least_squares_builder(self) -> Callable[..., Any]:
         from utils.rpu_configs import least_squares_config
 
-        return least_squares_config(tau, dw_min, w_noise, desired_bl, managed_io=managed_io,
-                                    subtract_symmetry_point=subtract_symmetry_point)
+        return least_squares_config
 
     def convert(self, digitals: Sequence[nn.Sequential], configs: Sequence[Any]) -> nn.Module:
         """AIHWKit's convert_to_analog (as the authors convert the FCN): a layer with more than 512
@@ -327,12 +329,10 @@ class TorchBackend(Backend):
 
         return from_aihwkit(rpu_configs.rpu_config(setting, tau, dw_min))
 
-    def least_squares_config(self, tau: float, dw_min: float, w_noise: float, desired_bl: int, *,
-                             managed_io: bool = False, subtract_symmetry_point: bool = False) -> Any:
+    def _least_squares_builder(self) -> Callable[..., Any]:
         from utils.analog_torch.presets import least_squares_config
 
-        return least_squares_config(tau, dw_min, w_noise, desired_bl, managed_io=managed_io,
-                                    subtract_symmetry_point=subtract_symmetry_point)
+        return least_squares_config
 
     def convert(self, digitals: Sequence[nn.Sequential], configs: Sequence[Any]) -> nn.Module:
         from utils.analog_torch.nn import convert
