@@ -67,7 +67,7 @@ def compute(args) -> dict:
     curves = {}
     for lr in tqdm(args.lr, desc="S1 runs (analog + digital per α)"):
         curves[f"analog/{lr}"] = run_aihwkit(problem, rpu, lr, args.steps, seed=args.seed,
-                                             noisy_record=True, update_mode=args.update_mode)
+                                             noisy_record=True, backend=pulsed_simulator(args).backend)
         curves[f"digital/{lr}"] = run_dynamic(
             problem, lambda ps, lr=lr: NoisySGD(ps, lr=lr, sigma=args.sigma), args.steps,
             seed=args.seed)

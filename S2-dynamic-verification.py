@@ -87,7 +87,7 @@ def compute(args) -> dict:
                                        subtract_symmetry_point=True)
             curves[f"{tau}/aihwkit-{match}"] = run_aihwkit(problem, rpu, args.lr, args.steps,
                                                            seed=args.seed,
-                                                           update_mode=args.update_mode)
+                                                           backend=pulsed_simulator(args).backend)
     return {"curves": curves, "w_noise": w_noise}
 
 

@@ -62,7 +62,7 @@ def compute(args) -> dict:
                                             args.desired_bl, subtract_symmetry_point=True)
         curves[str(var)] = run_aihwkit(problem, rpu, args.lr, args.steps, seed=args.seed,
                                        init_weight=None if args.init == "authors" else 0.0,
-                                       update_mode=args.update_mode)
+                                       backend=pulsed_simulator(args).backend)
     return curves
 
 

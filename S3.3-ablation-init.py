@@ -87,7 +87,7 @@ def compute(args) -> dict:
     rpu = pulsed_simulator(args).config(args.tau, args.dw_min, args.sigma, args.desired_bl,
                                         managed_io=True)
     return {label: run_aihwkit(problem, rpu, args.lr, args.steps, seed=args.seed,
-                               init_weight=weight, init_bias=bias, update_mode=args.update_mode)
+                               init_weight=weight, init_bias=bias, backend=pulsed_simulator(args).backend)
             for label, (weight, bias) in tqdm(starting_points(args, problem).items(),
                                               desc="S3.3 runs (one per start)")}
 

@@ -10,7 +10,7 @@ docs/results.md lists the runs of the figure; S4.1-plot-FCN.py draws it. MNIST i
 on first use (see utils/data.py).
 """
 
-from utils.engine import mnist_main
+from utils.mnist import mnist_main
 from utils.paper import MNIST_BATCH_SIZE
 
 BATCH_SIZE = MNIST_BATCH_SIZE["FCN"]  # the authors' value: 6,000 steps per epoch

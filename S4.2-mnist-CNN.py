@@ -10,7 +10,7 @@ docs/results.md lists the runs of the figure; S4.2-plot-CNN.py draws it. MNIST i
 on first use (see utils/data.py).
 """
 
-from utils.engine import mnist_main
+from utils.mnist import mnist_main
 from utils.paper import MNIST_BATCH_SIZE
 
 BATCH_SIZE = MNIST_BATCH_SIZE["CNN"]  # the authors' value: 7,500 steps per epoch

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from utils import cli
-from utils.engine import backend_suffix, experiment_name, load_model_state
+from utils.backend import Backend, from_args
+from utils.mnist import experiment_name
+from utils.models import build_network
 from utils.paper import FIGURE7, FIGURE7_SEED, FIGURE7_TABLE, FIGURE7_TAU, LABELS, SETTINGS
 from utils.plotting import LINESTYLES, PALETTE, plt, save_figure
 from utils.results import atomic_write_bytes
@@ -50,23 +52,13 @@ def parse_args(argv: list[str] | None = None):
     return p.parse_args(argv)
 
 
-def load_fcn(path: Path, setting: str, args):
-    """The FCN of a checkpoint, rebuilt with its configuration, on either backend."""
+def load_fcn(path: Path, setting: str, args, backend: Backend):
+    """The FCN of a checkpoint, rebuilt with its configuration on ``backend``."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if args.backend == "torch":
-            from utils.analog_torch.nn import build_fcn
-            from utils.analog_torch.presets import resolve
-
-            model = build_fcn([resolve(setting, args.tau)], [args.seed], args.update_mode)
-            model.load_state_dict(ckpt["model_state_dict"])
-        else:
-            from utils.devices import rpu_config
-            from utils.models import build_fcn
-
-            model = build_fcn(rpu_config(setting, args.tau))
-            load_model_state(model, ckpt["model_state_dict"])
-    except cli.UserError as err:  # AIHWKit missing (utils.devices)
+        model = build_network("FCN", [backend.rpu_config(setting, args.tau)], backend, [args.seed])
+        backend.load_state(model, ckpt["model_state_dict"])
+    except cli.UserError as err:  # AIHWKit missing (utils.rpu_configs)
         cli.fail(str(err))
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         cli.fail(f"{path}: not a readable FCN checkpoint of {setting} ({type(err).__name__}); "
@@ -74,41 +66,11 @@ def load_fcn(path: Path, setting: str, args):
     return model
 
 
-def weight_values(model) -> np.ndarray:
-    """Every analog weight as the layer applies it (times its tile's learned output scale)."""
-    if hasattr(model, "analog_layers"):  # AIHWKit
-        return np.concatenate([layer.get_weights()[0].flatten().numpy()
-                               for layer in model.analog_layers()])
-    from utils.analog_torch.nn import analog_layers
-
-    values = []
-    for layer in analog_layers(model):
-        for k, tile in enumerate(layer.tiles):
-            scale = 1.0 if layer.out_scaling is None else float(layer.out_scaling[k][0])
-            values.append((tile.weight[0] * scale).flatten().detach().numpy())
-    return np.concatenate(values)
-
-
-def device_states(model, setting: str):
-    """(weights, upper bounds, lower bounds) of every tile's devices; Tiki-Taka: its main array C."""
-    if hasattr(model, "analog_tiles"):  # AIHWKit
-        suffix = "_1" if setting == "TT-v1" else ""  # C is device 1
-        for tile in model.analog_tiles():
-            hidden = tile.get_hidden_parameters()
-            w = hidden["hidden_weights_1"] if suffix else tile.tile.get_weights()
-            yield w, hidden[f"max_bound{suffix}"], hidden[f"min_bound{suffix}"]
-        return
-    from utils.analog_torch.nn import analog_tiles
-
-    for tile in analog_tiles(model):
-        array = tile.slow if setting == "TT-v1" else tile.array
-        yield array.weight[0], array.max_bound[0], array.min_bound[0]
-
-
-def saturation(model, setting: str) -> np.ndarray:
-    """|w| relative to the bound it moves towards, per device, from the raw tile weights."""
+def saturation(model, setting: str, backend: Backend) -> np.ndarray:
+    """|w| relative to the bound it moves towards, per device, from the raw tile weights (for
+    Tiki-Taka: its main array C)."""
     sat = np.concatenate([torch.where(w >= 0, w / upper, w / lower).flatten().numpy()
-                          for w, upper, lower in device_states(model, setting)])
+                          for w, upper, lower in backend.device_states(model, setting)])
     if sat.max() > 1 + 1e-5:
         cli.fail(f"{setting}: a weight lies beyond its device bound (saturation {sat.max():.3f})")
     return sat
@@ -116,15 +78,15 @@ def saturation(model, setting: str) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    experiment = experiment_name("FCN", args.backend, args.update_mode)
-    suffix = backend_suffix(args.backend, args.update_mode).replace("-", "_")
+    backend = from_args(args)
+    experiment = experiment_name("FCN", backend)
+    suffix = backend.suffix.replace("-", "_")
     paths = {s: run_folder(args.runs, experiment, s, args.tau, args.seed) / "model.pt" for s in SETTINGS}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        flags = "" if args.backend == "aihwkit" else f" --backend torch --update-mode {args.update_mode}"
         cli.fail(f"missing checkpoint(s): {', '.join(missing)}; make them with S4.1-mnist-FCN.py "
-                 f"--save-checkpoint{flags} (see the docstring)")
-    models = {s: load_fcn(p, s, args) for s, p in paths.items()}
+                 f"--save-checkpoint{backend.flags} (see the docstring)")
+    models = {s: load_fcn(p, s, args, backend) for s, p in paths.items()}
     fig, (ax_w, ax_s) = plt.subplots(1, 2, figsize=(8.0, 3.0), gridspec_kw={"wspace": 0.3})
     engine = f", {suffix.strip('_').replace('_', ' ')} backend" if suffix else ""
     lines = ["# Figure 7: saturation of the trained FCN's devices" + engine, "",
@@ -132,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
              "per device (Assumption 4's W_max/τ is the max).", "",
              "| algorithm | weights | mean saturation | 99th percentile | max | max \\|W\\| |",
              "|---|---|---|---|---|---|"]
-    values = {s: weight_values(m) for s, m in models.items()}
+    values = {s: backend.weight_values(m) for s, m in models.items()}
     # bins over every weight, and a log density, so that the tails of each distribution show
     edge = max(float(np.abs(v).max()) for v in values.values())
     bins = np.linspace(-edge, edge, 241)
@@ -143,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         ax_w.hist(values[setting], bins=bins, **line)
         if setting == "FP SGD":
             continue
-        sat = saturation(model, setting)
+        sat = saturation(model, setting, backend)
         ax_s.hist(sat, bins=200, range=(0, 1), **line)
         lines.append(f"| {LABELS[setting]} | {sat.size} | {sat.mean():.3f} | "
                      f"{np.percentile(sat, 99):.3f} | {sat.max():.3f} | "

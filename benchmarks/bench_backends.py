@@ -40,8 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from utils.analog_torch import native  # noqa: E402
 from utils.analog_torch import nn as tnn  # noqa: E402
 from utils.analog_torch.native import kernels, set_native  # noqa: E402
-from utils.analog_torch.presets import SETTINGS, resolve  # noqa: E402
+from utils.analog_torch.presets import SETTINGS  # noqa: E402
 from utils.analog_torch.tile import set_compile  # noqa: E402
+from utils.backend import AIHWKIT, TorchBackend  # noqa: E402
+from utils.models import NETWORKS, build_network  # noqa: E402
 
 BATCH = {"fcn": 10, "cnn": 8}
 TRAIN_IMAGES = 60_000
@@ -74,11 +76,8 @@ def batches(x: torch.Tensor, y: torch.Tensor, model: str, runs: int, steps: int,
 def aihwkit_variant(model: str, setting: str):
     from aihwkit.optim import AnalogSGD
 
-    from utils import models
-    from utils.devices import rpu_config
-
     torch.manual_seed(0)
-    net = {"fcn": models.build_fcn, "cnn": models.build_cnn}[model](rpu_config(setting, TAU))
+    net = build_network(model.upper(), [AIHWKIT.rpu_config(setting, TAU)], AIHWKIT)
     opt = AnalogSGD(net.parameters(), lr=0.05)
 
     def step(x, y):
@@ -89,8 +88,9 @@ def aihwkit_variant(model: str, setting: str):
 
 
 def torch_variant(model: str, setting: str, mode: str, runs: int, device: torch.device):
-    builder = {"fcn": tnn.build_fcn, "cnn": tnn.build_cnn}[model]
-    net = builder([resolve(setting, TAU)] * runs, list(range(runs)), mode).to(device)
+    backend = TorchBackend(mode)
+    net = build_network(model.upper(), [backend.rpu_config(setting, TAU)] * runs, backend,
+                        list(range(runs))).to(device)
     opt = tnn.AnalogSGD(net.parameters(), lr=0.05)
 
     def step(x, y):
@@ -103,7 +103,7 @@ def torch_variant(model: str, setting: str, mode: str, runs: int, device: torch.
 def digital_variant(model: str):
     """The same network with digital layers and plain SGD: the step's cost without analog tiles."""
     torch.manual_seed(0)
-    net = {"fcn": tnn._digital_fcn, "cnn": tnn._digital_cnn}[model]()
+    net = NETWORKS[model.upper()]()
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
 
     def step(x, y):

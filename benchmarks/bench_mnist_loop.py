@@ -22,13 +22,14 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
+from utils.backend import AIHWKIT  # noqa: E402
 from utils.data import TensorLoader, find_files, load_mnist, write_synthetic_mnist  # noqa: E402
-from utils.devices import SETTINGS, rpu_config  # noqa: E402
 from utils.engine import EVAL_BATCH, evaluate, train_one_epoch  # noqa: E402
-from utils.models import build_cnn, build_fcn  # noqa: E402
+from utils.models import build_network  # noqa: E402
 from utils.paper import MNIST_BATCH_SIZE  # noqa: E402
+from utils.rpu_configs import SETTINGS, rpu_config  # noqa: E402
 
-MODELS = {"fcn": (build_fcn, MNIST_BATCH_SIZE["FCN"]), "cnn": (build_cnn, MNIST_BATCH_SIZE["CNN"])}
+MODELS = {"fcn": ("FCN", MNIST_BATCH_SIZE["FCN"]), "cnn": ("CNN", MNIST_BATCH_SIZE["CNN"])}
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from aihwkit.optim import AnalogSGD
 
-    build, batch_size = MODELS[args.model]
+    network, batch_size = MODELS[args.model]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_root
         if find_files(root) is None:
@@ -67,7 +68,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for kind in times:
                 torch.manual_seed(0)
-                model = build(config)
+                model = build_network(network, [config], AIHWKIT)
                 optimizer = AnalogSGD(model.parameters(), lr=0.05)
                 start = time.perf_counter()
                 if kind == "bare":

@@ -27,7 +27,8 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
-from utils.analog_torch.presets import SETTINGS, resolve  # noqa: E402
+from utils.analog_torch.presets import SETTINGS  # noqa: E402
+from utils.backend import make_backend  # noqa: E402
 from utils.data import CifarImages, ImageLoader  # noqa: E402
 from utils.finetune import BASE_LR, DW_MIN_STATES, analog_sgd, lr_groups  # noqa: E402
 from utils.models import build_resnet  # noqa: E402
@@ -57,16 +58,12 @@ def seconds_per_step(step, steps: int, warmup: int, device: torch.device) -> flo
 def bench_setting(setting: str, args: argparse.Namespace, device: torch.device,
                   head_device: torch.device, autocast: torch.dtype | None) -> dict:
     torch.manual_seed(0)
-    if args.backend == "torch":
-        model = build_resnet("Resnet18", resolve(setting, 0.8, dw_min=0.8 / DW_MIN_STATES),
-                             update_mode="moment")
-    else:
-        from utils.devices import rpu_config
-
-        model = build_resnet("Resnet18", rpu_config(setting, 0.8, dw_min=0.8 / DW_MIN_STATES))
+    backend = make_backend(args.backend)
+    model = build_resnet("Resnet18", backend.rpu_config(setting, 0.8, dw_min=0.8 / DW_MIN_STATES),
+                         backend)
     model.autocast_dtype, model.channels_last = autocast, device.type == "cuda"
     model.place(device, head_device).train()
-    optimizer = analog_sgd(lr_groups(model, BASE_LR[setting]), BASE_LR[setting], args.backend)
+    optimizer = analog_sgd(lr_groups(model, BASE_LR[setting]), BASE_LR[setting], backend)
     n = args.batch_size
     x = torch.randn(n, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, 10, (n,), device=device)
@@ -78,7 +75,7 @@ def bench_setting(setting: str, args: argparse.Namespace, device: torch.device,
 
     features = torch.randn(n, model.head.in_features, device=head_device)
     head_y = y.to(head_device)
-    head_opt = analog_sgd(lr_groups(model, BASE_LR[setting]), BASE_LR[setting], args.backend)
+    head_opt = analog_sgd(lr_groups(model, BASE_LR[setting]), BASE_LR[setting], backend)
 
     def head_step() -> None:
         head_opt.zero_grad()
@@ -129,16 +126,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if gpu else "cpu")
-    if args.backend == "torch" or not gpu:
-        head_device = device
-    else:
-        from aihwkit.simulator.rpu_base import cuda as aihwkit_cuda
-
-        head_device = device if aihwkit_cuda.is_compiled() else torch.device("cpu")
-    if args.backend == "torch":
-        from utils.analog_torch.tile import set_compile
-
-        set_compile(True)
+    backend = make_backend(args.backend, compile=True)
+    head_device = backend.head_device(device)
+    backend.activate()
     args.image_size = args.image_size or (224 if gpu else 32)
     args.steps = args.steps or (20 if gpu else 3)
     if gpu:

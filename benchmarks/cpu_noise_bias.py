@@ -71,9 +71,9 @@ def summarize(grads: torch.Tensor, exact: torch.Tensor) -> list[tuple[float, flo
 def aihwkit_rows(tiles: int, repeats: int, out_noise: float) -> list[tuple[float, float]]:
     from aihwkit.nn import AnalogConv2d
 
-    from utils import devices
+    from utils import rpu_configs
 
-    config = devices.rpu_config("TT-v1", TAU)
+    config = rpu_configs.rpu_config("TT-v1", TAU)
     config.forward.out_noise = config.backward.out_noise = out_noise
     w, x, err = problem()
     grads, weights = [], []
@@ -94,12 +94,13 @@ def aihwkit_rows(tiles: int, repeats: int, out_noise: float) -> list[tuple[float
 
 def torch_rows(tiles: int, repeats: int, noise_list: int) -> list[tuple[float, float]]:
     from utils.analog_torch import nn as tnn
-    from utils.analog_torch.presets import resolve
     from utils.analog_torch.tile import set_noise_list
+    from utils.backend import TorchBackend
 
     set_noise_list(noise_list)
     try:
-        layer = tnn.AnalogConv2d(IN_CH, OUT_CH, K, [resolve("TT-v1", TAU)] * tiles, bias=False)
+        configs = [TorchBackend().rpu_config("TT-v1", TAU)] * tiles
+        layer = tnn.AnalogConv2d(IN_CH, OUT_CH, K, configs, bias=False)
     finally:
         set_noise_list(0)
     layer.eval()  # no stash for an update

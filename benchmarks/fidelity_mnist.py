@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 from utils import results  # noqa: E402
 from utils.analog_torch.native import kernels, set_native  # noqa: E402
 from utils.analog_torch.presets import SETTINGS  # noqa: E402
-from utils.engine import experiment_name  # noqa: E402
+from utils.backend import make_backend  # noqa: E402
+from utils.mnist import experiment_name  # noqa: E402
 from utils.runs import read_metrics, run_folder  # noqa: E402
 
 MARGIN = 1.0  # percentage points around AIHWKit's range over seeds
@@ -51,8 +52,8 @@ def train(setting: str, backend: str, mode: str, how: str, args) -> None:
 
 
 def accuracy(setting: str, backend: str, mode: str, how: str, seed: int, args) -> float:
-    folder = run_folder(work(how, args), experiment_name("FCN", backend, mode), setting, args.tau,
-                        seed)
+    folder = run_folder(work(how, args), experiment_name("FCN", make_backend(backend, mode)),
+                        setting, args.tau, seed)
     rows = read_metrics(folder / "metrics.jsonl")
     return 100 * rows[-1]["test_acc"]
 

@@ -72,7 +72,7 @@ def test_no_float_flag_of_any_script_takes_nan_or_inf(script, monkeypatch):
 
 
 def test_an_infinite_tau_is_one_line_and_exit_2(capsys, tmp_path):
-    from utils.engine import mnist_main
+    from utils.mnist import mnist_main
 
     err = one_line_exit_2(capsys, mnist_main, None, "FCN", 64,
                           ["--tau", "inf", "--out", str(tmp_path / "o")])
@@ -97,7 +97,7 @@ def test_every_script_checks_out_while_parsing(script, monkeypatch):
 
 
 def test_an_unusable_out_is_refused_in_one_line(capsys, tmp_path):
-    from utils.engine import mnist_main
+    from utils.mnist import mnist_main
 
     a_file = tmp_path / "file"
     a_file.write_text("")
@@ -144,7 +144,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 
 
 def test_training_and_least_squares_take_the_lock(capsys, tmp_path):
-    from utils.engine import mnist_main
+    from utils.mnist import mnist_main
 
     with held(tmp_path / "runs" / "MNIST-FCN" / "FP SGD" / "seed0") as pid:
         err = one_line_exit_2(capsys, mnist_main, None, "FCN", 64,
@@ -395,7 +395,8 @@ def test_a_diverging_run_of_a_batch_stops_alone(tmp_path, capsys):
     folders = [tmp_path / f"seed{r}" for r in range(2)]
     metrics = fit(folders, lambda idx: PerRun([[0.01, 1e38][i] for i in idx]), [data, data],
                   data, lr=0.1, epochs=2, seeds=[0, 1], device=torch.device("cpu"),
-                  records=[{}, {}], batched=True)
+                  records=[{}, {}], batched=True,
+                  make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
     out = capsys.readouterr().out
     assert "seed1: diverged in epoch 0" in out and "train loss [" in out
     assert [len(m) for m in metrics] == [3, 1] and metrics[1][0]["diverged"]

@@ -30,7 +30,7 @@ LEAST_SQUARES = {
     "fig3_tracking_torch.md": ("S2-dynamic-verification", {"backend": "torch", "update_mode": "moment"}),
     "fig4a_ablation_tau.md": ("S3.1-ablation-tau", {}),
 }
-# table -> the experiment suffix of the MNIST runs behind it (utils.engine.backend_suffix)
+# table -> the experiment suffix of the MNIST runs behind it (utils.backend: Backend.suffix)
 MNIST = {f"mnist{suffix.replace('-', '_')}.{ext}": suffix
          for suffix in ("", "-torch", "-torch-pulse") for ext in ("md", "csv")}
 CIFAR = ("cifar10_resnet.md", "cifar10_resnet.csv")

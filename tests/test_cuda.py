@@ -27,7 +27,9 @@ import torch
 from utils.analog_torch import native, presets
 from utils.analog_torch import nn as tnn
 from utils.analog_torch.tile import AnalogTile, _res_step, analog_mvm, set_compile
+from utils.backend import TorchBackend
 from utils.data import write_synthetic_mnist
+from utils.models import build_network
 from utils.runs import read_metrics, read_record
 
 CUDA = torch.device(os.environ.get("ANALOG_TEST_DEVICE", "cuda"))
@@ -133,20 +135,21 @@ def chi2_quantile(dof: int, z: float) -> float:
     return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
 
 
-@pytest.mark.parametrize("build", [tnn.build_fcn, tnn.build_cnn])
-def test_floating_point_training_on_the_gpu_equals_the_cpu(build):
+@pytest.mark.parametrize("network", ["FCN", "CNN"])
+def test_floating_point_training_on_the_gpu_equals_the_cpu(network):
     """FP SGD is deterministic: 3 batched runs trained 4 steps end with the same weights on both
     devices (float32 rounding only: TF32 is off)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     config = presets.rpu_config("FP SGD", 1.0)
-    initial = [layer.get_weights() for layer in tnn.analog_layers(build([config] * 3, [0, 1, 2]))]
+    build = [config] * 3, TorchBackend(), [0, 1, 2]
+    initial = [layer.get_weights() for layer in tnn.analog_layers(build_network(network, *build))]
     g = torch.Generator().manual_seed(0)
     data = [(torch.rand(3 * 8, 1, 28, 28, generator=g), torch.randint(0, 10, (3 * 8,), generator=g))
             for _ in range(4)]
     weights = []
     for device in (torch.device("cpu"), CUDA):
-        model = build([config] * 3, [0, 1, 2]).to(device)
+        model = build_network(network, *build).to(device)
         opt = tnn.AnalogSGD(model.parameters(), lr=0.1)
         for x, y in data:
             opt.zero_grad()

@@ -53,14 +53,14 @@ def test_aihwkit_is_required_exactly_where_its_wheel_exists(platform):
 @pytest.fixture
 def without_aihwkit(monkeypatch):
     """AIHWKit unimportable in this process, as on a torch-only install: every later import of it
-    (or of utils.devices, which imports it) fails; the modules come back after the test."""
+    (or of utils.rpu_configs, which imports it) fails; the modules come back after the test."""
     import utils
 
     for name in list(sys.modules):
-        if name.startswith("aihwkit.") or name == "utils.devices":
+        if name.startswith("aihwkit.") or name == "utils.rpu_configs":
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "aihwkit", None)
-    monkeypatch.delattr(utils, "devices", raising=False)
+    monkeypatch.delattr(utils, "rpu_configs", raising=False)
 
 
 def run_script(monkeypatch, script: str, *args: str | Path) -> None:

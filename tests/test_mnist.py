@@ -18,11 +18,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from utils.backend import AIHWKIT, load_model_state
 from utils.cli import UserError
 from utils.data import FILES, GZ_MD5, TensorLoader, load_mnist, write_synthetic_mnist
-from utils.devices import SETTINGS, rpu_config
-from utils.engine import load_model_state, train_one_epoch
-from utils.models import build_cnn, build_fcn
+from utils.engine import train_one_epoch
+from utils.models import build_network
+from utils.rpu_configs import SETTINGS, rpu_config
 from utils.runs import read_metrics, read_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,7 +127,7 @@ def test_missing_dataset_lists_the_three_sources(tmp_path):
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_fcn_layer1_is_split_into_two_tiles_of_392_inputs(setting):
-    model = build_fcn(rpu_config(setting, 0.7))
+    model = build_network("FCN", [rpu_config(setting, 0.7)], AIHWKIT)
     assert tile_shapes(model) == FCN_TILES
     assert not any(type(m) in (nn.Linear, nn.Conv2d) for m in model.modules())  # all converted
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
@@ -134,14 +135,14 @@ def test_fcn_layer1_is_split_into_two_tiles_of_392_inputs(setting):
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_cnn_tiles(setting):
-    model = build_cnn(rpu_config(setting, 0.7))
+    model = build_network("CNN", [rpu_config(setting, 0.7)], AIHWKIT)
     assert tile_shapes(model) == CNN_TILES
     assert not any(type(m) in (nn.Linear, nn.Conv2d) for m in model.modules())
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
 def test_digital_parameters_are_biases_and_out_scales_only():
-    names = [n for n, _ in build_fcn(rpu_config("Analog SGD", 0.7)).named_parameters()
+    names = [n for n, _ in build_network("FCN", [rpu_config("Analog SGD", 0.7)], AIHWKIT).named_parameters()
              if not n.endswith("analog_ctx")]
     assert sum(n.endswith("bias") for n in names) == 3
     assert sum(n.endswith("out_scaling_alpha") for n in names) == 4  # one per tile
@@ -151,7 +152,7 @@ def test_digital_parameters_are_biases_and_out_scales_only():
 def test_training_updates_every_tile_and_checkpoint_restores_tiki_taka_state(mnist_root):
     """A resumed TT-v1 run must get back the fast array A, which AIHWKit's own load zeroes."""
     torch.manual_seed(0)
-    model = build_fcn(rpu_config("TT-v1", 0.7))
+    model = build_network("FCN", [rpu_config("TT-v1", 0.7)], AIHWKIT)
     from aihwkit.optim import AnalogSGD
 
     before = [t.get_hidden_parameters() for t in model.analog_tiles()]
@@ -163,7 +164,7 @@ def test_training_updates_every_tile_and_checkpoint_restores_tiki_taka_state(mni
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
-    restored = build_fcn(rpu_config("TT-v1", 0.7))
+    restored = build_network("FCN", [rpu_config("TT-v1", 0.7)], AIHWKIT)
     load_model_state(restored, torch.load(buf, weights_only=False))
     for saved, tile in zip(after, restored.analog_tiles(), strict=True):
         loaded = tile.get_hidden_parameters()
@@ -176,7 +177,7 @@ def test_analog_sgd_training_moves_every_tile_within_its_bounds(mnist_root):
     from aihwkit.optim import AnalogSGD
 
     torch.manual_seed(0)
-    model = build_fcn(rpu_config("Analog SGD", 0.7))
+    model = build_network("FCN", [rpu_config("Analog SGD", 0.7)], AIHWKIT)
     before = [t.tile.get_weights().clone() for t in model.analog_tiles()]
     loader = TensorLoader(load_mnist(mnist_root, download=False).train, 10, shuffle=True)
     train_one_epoch(model, AnalogSGD(model.parameters(), lr=0.05), [loader], F.nll_loss, "test")

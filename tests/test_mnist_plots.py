@@ -96,11 +96,10 @@ def test_plot_without_runs_is_one_clear_line(tmp_path):
 
 
 def save_untrained_fcn(root: Path, setting: str, tau: float) -> Path:
-    from utils.devices import rpu_config
-    from utils.models import build_fcn
+    from utils.backend import AIHWKIT
+    from utils.models import build_network
 
-    torch.manual_seed(0)
-    model = build_fcn(rpu_config(setting, tau))
+    model = build_network("FCN", [AIHWKIT.rpu_config(setting, tau)], AIHWKIT, [0])
     path = run_folder(root, "MNIST-FCN", setting, tau, 0) / "model.pt"
     path.parent.mkdir(parents=True)
     torch.save({"epoch": 0, "model_state_dict": model.state_dict()}, path)
@@ -138,10 +137,11 @@ def test_weight_distribution_reports_missing_and_corrupt_checkpoints(tmp_path):
 
 
 def save_untrained_torch_fcn(root: Path, setting: str, tau: float) -> None:
-    from utils.analog_torch.nn import build_fcn
-    from utils.analog_torch.presets import resolve
+    from utils.backend import make_backend
+    from utils.models import build_network
 
-    model = build_fcn([resolve(setting, tau)], [0])
+    backend = make_backend("torch")
+    model = build_network("FCN", [backend.rpu_config(setting, tau)], backend, [0])
     path = run_folder(root, "MNIST-FCN-torch", setting, tau, 0) / "model.pt"
     path.parent.mkdir(parents=True)
     torch.save({"epoch": 0, "model_state_dict": model.state_dict()}, path)
@@ -193,6 +193,8 @@ def test_trained_analog_sgd_weights_stay_within_a_fraction_of_tau(monkeypatch, t
     s6 = runpy.run_path(str(ROOT / "S6-plot-distribution.py"))
     args = s6["parse_args"](["--runs", str(tmp_path), "--backend", "torch", "--tau", "0.3"])
     path = run_folder(tmp_path, "MNIST-FCN-torch", "Analog SGD", 0.3, 0) / "model.pt"
-    saturation = s6["saturation"](s6["load_fcn"](path, "Analog SGD", args), "Analog SGD")
+    backend = s6["from_args"](args)
+    saturation = s6["saturation"](s6["load_fcn"](path, "Analog SGD", args, backend), "Analog SGD",
+                                  backend)
     assert saturation.size == 784 * 256 + 256 * 128 + 128 * 10
     assert np.percentile(saturation, 99.9) < 0.75

@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from utils.backend import AIHWKIT, load_model_state
 from utils.cli import UserError
 from utils.data import (
     CIFAR_FOLDER,
@@ -30,10 +31,9 @@ from utils.data import (
     load_cifar10,
     write_synthetic_cifar10,
 )
-from utils.devices import SETTINGS, rpu_config
-from utils.engine import load_model_state
 from utils.finetune import BASE_LR, DW_MIN_STATES, analog_sgd, lr_groups
 from utils.models import build_resnet
+from utils.rpu_configs import SETTINGS, rpu_config
 from utils.runs import read_metrics, read_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,8 @@ def alg_name(setting: str) -> str:
 
 def model(setting: str, name: str = "Resnet18", freeze: bool = False):
     torch.manual_seed(0)
-    return build_resnet(name, rpu_config(setting, 0.8, 0.8 / DW_MIN_STATES), freeze_backbone=freeze)
+    return build_resnet(name, rpu_config(setting, 0.8, 0.8 / DW_MIN_STATES), AIHWKIT,
+                        freeze_backbone=freeze)
 
 
 # --- data ---------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Fidelity: one update of a tile with AIHWKit's device parameters copied in, repea
 from the same weights, gives per-element mean and variance within 5 % of AIHWKit's (Analog SGD,
 both update modes; one Tiki-Taka transfer); the forward and backward passes give the same output
 mean and variance; short seeded training runs on a learnable stand-in learn as AIHWKit's do. Then the
-mechanics: configs equal to utils.devices', batching, state slicing, the scripts' --backend torch.
+mechanics: configs equal to utils.rpu_configs', batching, state slicing, the scripts' --backend torch.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import devices
+from utils import rpu_configs
 from utils.analog_torch import native, presets
 from utils.analog_torch import nn as tnn
 from utils.analog_torch.config import from_aihwkit
 from utils.analog_torch.tile import AnalogTile, SoftBoundsArray, set_compile
+from utils.backend import AIHWKIT, TorchBackend
 from utils.data import write_synthetic_mnist
+from utils.models import build_network
 
 REPO = Path(__file__).resolve().parent.parent
 FCN = REPO / "S4.1-mnist-FCN.py"
@@ -70,7 +72,7 @@ VARIANTS = {"moment": ("moment", False), "moment-cpp": ("moment", True), "pulse"
 
 
 def analog_sgd_config(tau: float = 0.7):
-    config = devices.rpu_config("Analog SGD", tau)
+    config = rpu_configs.rpu_config("Analog SGD", tau)
     config.mapping.learn_out_scaling = False
     return config
 
@@ -80,19 +82,19 @@ def analog_sgd_config(tau: float = 0.7):
 @pytest.mark.parametrize("setting", presets.SETTINGS)
 @pytest.mark.parametrize("tau", [0.7, 0.78])
 def test_presets_equal_converted_aihwkit_configs(setting, tau):
-    assert from_aihwkit(devices.rpu_config(setting, tau)) == presets.rpu_config(setting, tau)
+    assert from_aihwkit(rpu_configs.rpu_config(setting, tau)) == presets.rpu_config(setting, tau)
 
 
 @pytest.mark.parametrize("managed", [False, True])
 def test_least_squares_presets_equal_converted_aihwkit_configs(managed):
-    theirs = devices.least_squares_config(1.0, 1e-3, 0.05, 5000, managed_io=managed)
+    theirs = rpu_configs.least_squares_config(1.0, 1e-3, 0.05, 5000, managed_io=managed)
     assert from_aihwkit(theirs) == presets.least_squares_config(1.0, 1e-3, 0.05, 5000,
                                                                 managed_io=managed)
 
 
 @pytest.mark.parametrize("field, value", [("ir_drop", 0.1), ("out_nonlinearity", 0.2)])
 def test_unsimulated_aihwkit_settings_are_refused(field, value):
-    config = devices.rpu_config("Analog SGD", 0.7)
+    config = rpu_configs.rpu_config("Analog SGD", 0.7)
     setattr(config.forward, field, value)
     with pytest.raises(ValueError, match=field):
         from_aihwkit(config)
@@ -196,7 +198,7 @@ def test_tiki_taka_transfer_matches_aihwkit():
     torch.manual_seed(2)
     # AIHWKit's tile is not seeded by torch: its sample mean varies from run to run by a few %
     trials, out_size, in_size, lr = 20000, 6, 5, 0.05
-    config = devices.rpu_config("TT-v1", 0.7)
+    config = rpu_configs.rpu_config("TT-v1", 0.7)
     _, tile = aihwkit_layer(config, in_size, out_size)
     hidden = tile.get_hidden_parameters()
     c0 = (torch.rand(out_size, in_size) * 2 - 1) * 0.3
@@ -262,7 +264,7 @@ def test_tiki_taka_transfer_visits_the_columns_in_order_and_wraps_around():
     from aihwkit.optim import AnalogSGD
 
     torch.manual_seed(0)
-    config = devices.rpu_config("TT-v1", 0.7)
+    config = rpu_configs.rpu_config("TT-v1", 0.7)
     config.mapping.learn_out_scaling = False
     layer, tile = aihwkit_layer(config, 4, 6)
     tile.set_weights(torch.zeros(6, 4))
@@ -461,7 +463,7 @@ def test_conv_training_step_matches_aihwkit():
 
     torch.manual_seed(4)
     trials, lr = 2500, 0.05
-    config = devices.rpu_config("Analog SGD", 0.7)  # learn_out_scaling on, as in the experiments
+    config = rpu_configs.rpu_config("Analog SGD", 0.7)  # learn_out_scaling on, as in the experiments
     layer = AnalogConv2d(2, 3, 3, bias=False, rpu_config=config)
     tile = next(layer.analog_tiles())
     hidden = tile.get_hidden_parameters()
@@ -558,9 +560,9 @@ def test_reseeding_an_aihwkit_tile_keeps_its_state_and_draws_a_new_noise_mean():
     from aihwkit.nn import AnalogLinear
     from aihwkit.optim import AnalogSGD
 
-    from utils.engine import reseed_aihwkit_tiles
+    from utils.backend import reseed_aihwkit_tiles
 
-    config = devices.rpu_config("TT-v1", 0.7)
+    config = rpu_configs.rpu_config("TT-v1", 0.7)
     config.mapping.learn_out_scaling = False
     layer = AnalogLinear(6, 3, bias=False, rpu_config=config)
     tile = next(layer.analog_tiles())
@@ -602,8 +604,8 @@ def test_reseeding_an_aihwkit_tile_keeps_its_state_and_draws_a_new_noise_mean():
 def test_batched_runs_equal_single_runs_in_floating_point():
     """FP SGD is deterministic: run 1 of a batch of 3 trains exactly like run 1 alone."""
     config = presets.rpu_config("FP SGD", 1.0)
-    batched = tnn.build_fcn([config] * 3, [0, 1, 2])
-    single = tnn.build_fcn([config], [1])
+    batched = build_network("FCN", [config] * 3, TorchBackend(), [0, 1, 2])
+    single = build_network("FCN", [config], TorchBackend(), [1])
     g = torch.Generator().manual_seed(0)
     data = [(torch.rand(30, 1, 28, 28, generator=g), torch.randint(0, 10, (30,), generator=g))
             for _ in range(5)]
@@ -692,11 +694,10 @@ def test_floating_point_conv_is_torchs_conv_and_its_update_is_sgd(padding, strid
 
 
 def test_initial_weights_are_those_of_the_aihwkit_backend():
-    from utils.models import build_fcn
 
     torch.manual_seed(4)
-    theirs = build_fcn(devices.rpu_config("FP SGD", 1.0))
-    ours = tnn.build_fcn([presets.rpu_config("FP SGD", 1.0)], [4])
+    theirs = build_network("FCN", [rpu_configs.rpu_config("FP SGD", 1.0)], AIHWKIT)
+    ours = build_network("FCN", [presets.rpu_config("FP SGD", 1.0)], TorchBackend(), [4])
     first = [m for m in theirs.modules() if type(m).__name__ == "AnalogLinear"][0]
     w, _ = first.get_weights()
     torch.testing.assert_close(tnn.analog_layers(ours)[0].get_weights()[0], w)
@@ -707,7 +708,7 @@ def test_initial_weights_are_those_of_the_aihwkit_backend():
 def test_run_state_round_trip_and_weights_stay_in_bounds(setting, variant):
     configs = [presets.rpu_config(setting, tau) for tau in (0.3, 0.8)]
     mode, cpp = VARIANTS[variant]
-    model = tnn.build_fcn(configs, [0, 1], mode)
+    model = build_network("FCN", configs, TorchBackend(mode), [0, 1])
     opt = tnn.AnalogSGD(model.parameters(), lr=1.0)  # large: drives weights into the bounds
     with cpp_kernels(cpp):
         for _ in range(20):
@@ -721,7 +722,7 @@ def test_run_state_round_trip_and_weights_stay_in_bounds(setting, variant):
             assert bool((a.weight <= a.max_bound).all() and (a.weight >= a.min_bound).all())
             assert float(a.max_bound[0].mean()) == pytest.approx(0.3, rel=0.05)
     state = model.state_dict()
-    again = tnn.build_fcn(configs, [5, 6])
+    again = build_network("FCN", configs, TorchBackend(), [5, 6])
     again.load_state_dict(tnn.stack_states([tnn.run_state(state, 0), tnn.run_state(state, 1)]))
     for key, value in again.state_dict().items():
         assert torch.equal(value, state[key]), key
@@ -910,7 +911,7 @@ def test_cpp_kernels_repeat_under_a_seed_and_fall_back_when_they_cannot_be_built
     config = presets.rpu_config("TT-v1", 0.7)
 
     def step(seed: int, mode: str = "pulse") -> torch.Tensor:
-        model = tnn.build_fcn([config], [0], mode)  # the same initial weights each time
+        model = build_network("FCN", [config], TorchBackend(mode), [0])  # the same initial weights each time
         torch.manual_seed(seed)
         opt = tnn.AnalogSGD(model.parameters(), lr=0.1)
         for _ in range(3):
@@ -1102,7 +1103,7 @@ def stand_in_accuracies(setting: str, backend: str, runs: int) -> list[float]:
     order = torch.Generator().manual_seed(0)
     batches = [idx for _ in range(STAND_IN["epochs"])
                for idx in torch.randperm(len(x), generator=order).split(STAND_IN["batch"])]
-    config = devices.rpu_config(setting, 0.7)
+    config = rpu_configs.rpu_config(setting, 0.7)
     if backend == "aihwkit":
         from aihwkit.optim import AnalogSGD
 
@@ -1197,9 +1198,10 @@ def test_lr_groups_are_aihwkits(model, setting):
     from utils.models import build_resnet
 
     dw_min = 0.8 / DW_MIN_STATES
-    theirs = build_resnet(model, devices.rpu_config(setting, 0.8, dw_min), freeze_backbone=True)
-    ours = build_resnet(model, presets.rpu_config(setting, 0.8, dw_min), freeze_backbone=True,
-                        update_mode="moment")
+    theirs = build_resnet(model, rpu_configs.rpu_config(setting, 0.8, dw_min), AIHWKIT,
+                          freeze_backbone=True)
+    ours = build_resnet(model, presets.rpu_config(setting, 0.8, dw_min), TorchBackend("moment"),
+                        freeze_backbone=True)
     summary = [[(g["name"], g["lr"], len(g["params"])) for g in lr_groups(m, 0.075)]
                for m in (theirs, ours)]
     assert summary[0] == summary[1]
@@ -1249,7 +1251,7 @@ def test_benchmarks_no_analog_work_row_runs_the_step_without_analog_work(monkeyp
     import benchmarks.bench_backends as bench
 
     monkeypatch.setattr(native, "kernels", native.kernels)  # restored after the test
-    model = tnn.build_fcn([presets.rpu_config("Analog SGD", 0.7)], [0], "moment")
+    model = build_network("FCN", [presets.rpu_config("Analog SGD", 0.7)], TorchBackend("moment"), [0])
     opt = tnn.AnalogSGD(model.parameters(), lr=0.5)
     x, y = torch.rand(10, 1, 28, 28), torch.randint(0, 10, (10,))
 

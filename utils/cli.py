@@ -212,10 +212,9 @@ def add_backend_flags(parser: argparse.ArgumentParser, backend_help: str,
                                  "tile shape); both need a C++ compiler")
 
 
-def torch_device(cuda: int, require_aihwkit_cuda: bool = True):
-    """The torch.device of ``--CUDA``: -1 is the CPU; a GPU index needs a GPU visible to torch and
-    (unless ``require_aihwkit_cuda`` is false: the caller keeps its analog tiles on the CPU) an
-    AIHWKit built with CUDA (the PyPI wheel is CPU-only)."""
+def torch_device(cuda: int):
+    """The torch.device of ``--CUDA``: -1 is the CPU; a GPU index needs a GPU visible to torch
+    (what the analog tiles need besides, the backend checks: utils.backend)."""
     import torch
 
     if cuda == -1:
@@ -224,16 +223,6 @@ def torch_device(cuda: int, require_aihwkit_cuda: bool = True):
         raise UserError(f"--CUDA must be -1 (CPU) or a GPU index >= 0, got {cuda}")
     if not torch.cuda.is_available():
         raise UserError(f"--CUDA {cuda}: torch sees no CUDA GPU here; use --CUDA -1 (CPU)")
-    if require_aihwkit_cuda and not _aihwkit_has_cuda():
-        raise UserError(f"--CUDA {cuda}: this AIHWKit was built without CUDA (the PyPI wheel is "
-                        "CPU-only; install aihwkit-gpu from conda-forge); use --CUDA -1 (CPU) or "
-                        "--backend torch")
     if cuda >= torch.cuda.device_count():
         raise UserError(f"--CUDA {cuda}: only {torch.cuda.device_count()} GPU(s) visible")
     return torch.device(f"cuda:{cuda}")
-
-
-def _aihwkit_has_cuda() -> bool:
-    from utils import devices  # a missing AIHWKit is reported there, in one line
-
-    return devices.aihwkit_has_cuda()

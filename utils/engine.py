@@ -26,8 +26,6 @@ analog head may stay on the CPU) and settings that may change on resume.
 
 from __future__ import annotations
 
-import argparse
-import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -39,10 +37,11 @@ from torch.nn import functional as F
 from torch.optim.lr_scheduler import StepLR
 from tqdm import tqdm
 
+from utils.backend import load_model_state
 from utils.cli import UserError
 from utils.paper import MNIST_LR_GAMMA, MNIST_LR_STEP
 from utils.results import environment
-from utils.runs import RunFolder, one_line, restore_rng, run_folder, run_name
+from utils.runs import RunFolder, one_line, restore_rng
 
 LR_STEP = MNIST_LR_STEP    # epochs between lr decays (as in the authors' code)
 LR_GAMMA = MNIST_LR_GAMMA  # lr decay factor
@@ -51,17 +50,6 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Probe = Callable[[nn.Module], list[dict[str, float]]]
 """Extra per-run scalars of a batched model, read after every epoch's evaluation: one dict per run,
 recorded as that epoch's ``probe`` in metrics.jsonl (e.g. utils.escape.probe_tiles)."""
-
-
-def load_model_state(model: nn.Module, state_dict: dict[str, Any]) -> None:
-    """``model.load_state_dict`` plus a workaround: AIHWKit 1.1.0 restores a tile's hidden
-    parameters *before* its weights, and TransferCompound.set_weights zeroes the fast array A, so a
-    resumed Tiki-Taka run would restart with A = 0. The saved hidden parameters are set again."""
-    model.load_state_dict(state_dict)
-    for name, module in model.named_modules():
-        state = state_dict.get(f"{name}.analog_tile_state")
-        if state is not None:
-            module.tile.set_hidden_parameters(state["analog_tile_hidden_parameters"])
 
 
 def _step_loss(model: nn.Module, batch: tuple, loss_fn: LossFn, runs: int | None
@@ -142,7 +130,7 @@ def fit(folders: list[Path], build_model: Callable[[list[int]], nn.Module], trai
         test_loader, *, lr: float, epochs: int, seeds: list[int], device: torch.device,
         records: list[dict[str, Any]], batched: bool = False, save_model: bool = False,
         loss_fn: LossFn = F.nll_loss,
-        make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+        make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         lr_step: int = LR_STEP, lr_gamma: float = LR_GAMMA,
         to_device: Callable[[nn.Module, torch.device], nn.Module] | None = None,
         may_change: tuple[str, ...] = (), probe: Probe | None = None) -> list[list[dict[str, Any]]]:
@@ -158,8 +146,8 @@ def fit(folders: list[Path], build_model: Callable[[list[int]], nn.Module], trai
     ``records[r]`` holds its caller's settings for config.json. Everything that can be wrong with
     a folder raises UserError before anything is written.
 
-    Hooks (the defaults are the MNIST loop): ``make_optimizer(model)`` builds the optimizer
-    (default: AnalogSGD with one group at ``lr``); param groups with a "name" key get their lr
+    Hooks (the defaults are the MNIST loop): ``make_optimizer(model)`` builds the optimizer (the
+    MNIST runs: the backend's AnalogSGD, one group at ``lr``); param groups with a "name" key get their lr
     recorded per epoch as ``group_lr``; StepLR(``lr_step``, ``lr_gamma``) is stepped per epoch;
     ``to_device(model, device)`` places the model (default ``model.to(device)``); the record keys
     in ``may_change`` may differ when a run is resumed; ``probe(model)`` adds its per-run scalars
@@ -218,7 +206,7 @@ def _fit_group(indices: list[int], runs: list[RunFolder], build_model, loaders, 
     model = model.to(device) if to_device is None else to_device(model, device)
     # Built after loading: load_state_dict replaces each tile's AnalogContext parameter, and an
     # optimizer holding the old ones would not train the tiles.
-    optimizer = _analog_sgd(model, lr, batched) if make_optimizer is None else make_optimizer(model)
+    optimizer = make_optimizer(model)
     scheduler = StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
     if start >= 0:
         checkpoint = runs[0].checkpoint
@@ -313,164 +301,6 @@ def _run_state(state: dict[str, Tensor], run: int) -> dict[str, Tensor]:
     return run_state(state, run)
 
 
-def _analog_sgd(model: nn.Module, lr: float, batched: bool = False) -> torch.optim.Optimizer:
-    """AnalogSGD with one group at ``lr`` (no regroup_param_groups, as the authors): AIHWKit's, or
-    the torch backend's for a batched model."""
-    if batched:
-        from utils.analog_torch.nn import AnalogSGD
-    else:
-        from aihwkit.optim import AnalogSGD
-
-    return AnalogSGD(model.parameters(), lr=lr)
-
-
-def reseed_aihwkit_tiles(model: nn.Module) -> None:
-    """Give every AIHWKit tile of ``model`` a new random generator, so the mean its read noise
-    keeps changes (docs/aihwkit_cpu_noise.md). The simulator tile is rebuilt from the tile's
-    state (a copy of the C++ object alone would keep its seed, hence its list of Gaussian numbers):
-    weights, devices, learning rate and Tiki-Taka's transfer position carry over, and the hidden
-    parameters are set again because rebuilding zeroes A (as loading a state does, Deviation 18)."""
-    for tile in model.analog_tiles():
-        hidden = tile.get_hidden_parameters()
-        tile.tile = copy.deepcopy(tile).tile
-        tile.set_hidden_parameters(hidden)
-
-
-def _reseeding_analog_sgd(every: int, lr: float) -> Callable[[nn.Module], torch.optim.Optimizer]:
-    """A maker of AnalogSGD (one group at ``lr``) that reseeds the model's tiles after every
-    ``every``-th step."""
-    def make(model: nn.Module) -> torch.optim.Optimizer:
-        optimizer = _analog_sgd(model, lr)
-        steps = [0]
-
-        def after_step(*_) -> None:
-            steps[0] += 1
-            if steps[0] % every == 0:
-                reseed_aihwkit_tiles(model)
-        optimizer.register_step_post_hook(after_step)
-        return optimizer
-    return make
-
-
 def _named_group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """{name: lr} of the param groups that carry a "name" (none in the MNIST runs)."""
     return {g["name"]: g["lr"] for g in optimizer.param_groups if "name" in g}
-
-
-def backend_suffix(backend: str = "aihwkit", update_mode: str = "moment", noise_list: int = 0,
-                   reseed_every: int = 0) -> str:
-    """What a backend appends to an experiment's runs/ folder: "" (AIHWKit) or "-reseed<K>"
-    (--reseed-noise-every K); "-torch" (moment-matched updates) or "-torch-pulse" (exact pulses),
-    then "-list<N>" when the read noise comes from fixed lists of N numbers (--noise-list)."""
-    if backend == "aihwkit":
-        return f"-reseed{reseed_every}" if reseed_every else ""
-    return ("-torch" + ("-pulse" if update_mode == "pulse" else "")
-            + (f"-list{noise_list}" if noise_list else ""))
-
-
-def experiment_name(network: str, backend: str = "aihwkit", update_mode: str = "moment",
-                    noise_list: int = 0, reseed_every: int = 0, study: str = "") -> str:
-    """The runs/ subfolder of an MNIST network: "MNIST-FCN", "MNIST-FCN-torch", "MNIST-FCN-torch-pulse";
-    a ``study`` (S4.3's "escape") keeps its runs apart: "MNIST-FCN-escape-torch-pulse"."""
-    return (f"MNIST-{network}{'-' + study if study else ''}"
-            f"{backend_suffix(backend, update_mode, noise_list, reseed_every)}")
-
-
-def train_mnist(args: argparse.Namespace, network: str, *, study: str = "",
-                out_scaling: bool = True, probe: Probe | None = None) -> None:
-    """S4.1 / S4.2: validate the flags, load MNIST, train every (τ, seed) of the flags: one run
-    after the other with AIHWKit, as one batched model with the torch backend. Every check that
-    can fail runs before a run folder is touched. S4.3 adds a ``study`` name to the experiment
-    folder, may turn the tiles' learnable output scaling off (``out_scaling``) and records a
-    ``probe`` (torch backend only) per epoch."""
-    from utils.cli import torch_device
-    from utils.data import TensorLoader, load_mnist
-
-    torch_backend = args.backend == "torch"
-    if args.noise_list and not torch_backend:
-        raise UserError("--noise-list needs --backend torch (AIHWKit's own CPU tiles always draw "
-                        "their noise from such lists)")
-    if args.reseed_noise_every and (torch_backend or args.CUDA != -1):
-        raise UserError("--reseed-noise-every acts on AIHWKit's CPU tiles only (--backend aihwkit, "
-                        "--CUDA -1); the torch backend and AIHWKit on a GPU draw fresh noise")
-    device = torch_device(args.CUDA, require_aihwkit_cuda=not torch_backend)
-    torch.set_num_threads(args.threads)
-    taus = [None] if args.SETTING == "FP SGD" else list(dict.fromkeys(args.tau))
-    seeds = list(dict.fromkeys(args.seed))
-    grid = [(tau, seed) for tau in taus for seed in seeds]
-    if torch_backend:
-        from utils.analog_torch import nn as tnn
-        from utils.analog_torch.presets import resolve
-        from utils.analog_torch.tile import set_compile, set_noise_list
-
-        set_compile(not args.no_compile)
-        set_noise_list(args.noise_list)
-        configs = [resolve(args.SETTING, tau or 1.0) for tau, _ in grid]
-        builder = {"FCN": tnn.build_fcn, "CNN": tnn.build_cnn}[network]
-    else:
-        from utils import models
-        from utils.devices import rpu_config
-
-        configs = [rpu_config(args.SETTING, tau or 1.0) for tau, _ in grid]
-        builder = {"FCN": models.build_fcn, "CNN": models.build_cnn}[network]
-    if not out_scaling:
-        for config in configs:
-            config.mapping.learn_out_scaling = False
-    data = load_mnist(args.data_root, download=not args.no_download)
-    train_set = data.train
-    if args.train_subset is not None:
-        if args.train_subset > len(train_set):
-            raise UserError(f"--train-subset {args.train_subset} exceeds the {len(train_set)} "
-                            "training images")
-        train_set = train_set.head(args.train_subset)
-    experiment = experiment_name(network, args.backend, args.update_mode, args.noise_list,
-                                 args.reseed_noise_every, study)
-    records = []
-    for (tau, _), config in zip(grid, configs, strict=True):
-        record = {"experiment": experiment, "model": builder.__name__, "setting": args.SETTING,
-                  "tau": tau, "rpu_config": repr(config), "data": data.describe(),
-                  "train_subset": args.train_subset}
-        if torch_backend:
-            record.update(backend="torch", update_mode=args.update_mode)
-            if args.noise_list:
-                record.update(noise_list=args.noise_list)
-        elif args.reseed_noise_every:
-            record.update(reseed_noise_every=args.reseed_noise_every)
-        records.append(record)
-    folders = [run_folder(args.out, experiment, args.SETTING, tau or 1.0, seed) for tau, seed in grid]
-    train_set, test = train_set.to(device), TensorLoader(data.test.to(device), EVAL_BATCH,
-                                                         shuffle=False)
-    names = ", ".join(f"{run_name(args.SETTING, tau or 1.0)} seed {seed}" for tau, seed in grid)
-    print(f"{experiment} {names}: {len(train_set)} training images from {data.folder}, batch "
-          f"{args.batch_size}, lr {args.lr}, {args.epochs} epochs, {device}"
-          + (f", {len(grid)} runs batched, {args.update_mode} updates" if torch_backend else "")
-          + (f", read noise from lists of {args.noise_list}" if args.noise_list else "")
-          + (f", tiles reseeded every {args.reseed_noise_every} steps"
-             if args.reseed_noise_every else ""))
-    loaders = [TensorLoader(train_set, args.batch_size, shuffle=True, seed=seed) for _, seed in grid]
-    if torch_backend:
-        def build(idx: list[int]) -> nn.Module:
-            return builder([configs[i] for i in idx], [grid[i][1] for i in idx], args.update_mode)
-    else:
-        def build(idx: list[int]) -> nn.Module:
-            return builder(configs[idx[0]])
-    make_optimizer = (_reseeding_analog_sgd(args.reseed_noise_every, args.lr)
-                      if args.reseed_noise_every else None)
-    fit(folders, build, loaders, test, lr=args.lr, epochs=args.epochs, seeds=[s for _, s in grid],
-        device=device, records=records, batched=torch_backend, save_model=args.save_checkpoint,
-        make_optimizer=make_optimizer, probe=probe)
-
-
-def mnist_main(doc: str | None, network: str, batch_size: int,
-               argv: list[str] | None = None) -> None:
-    """The command line of S4.1 / S4.2 (``network`` "FCN" | "CNN"): parse the flags and train; a
-    UserError (bad flag, missing data, corrupt checkpoint) ends the program with one line and exit
-    status 2."""
-    from utils.cli import add_training_flags, fail, make_parser
-
-    parser = make_parser(doc)
-    add_training_flags(parser, batch_size=batch_size)
-    try:
-        train_mnist(parser.parse_args(argv), network)
-    except UserError as err:
-        fail(str(err))

@@ -119,8 +119,9 @@ def _fill(tiles, runs: int):
 def stuck_main(doc: str | None, batch_size: int, argv: list[str] | None = None) -> None:
     """The command line of S4.3-stuck-probability.py: S4.1's flags with the study's defaults
     (Analog SGD, torch backend, pulse updates, τ grid, 12 seeds), plus --no-out-scaling."""
+    from utils.backend import make_backend
     from utils.cli import UserError, add_training_flags, fail, make_parser
-    from utils.engine import train_mnist
+    from utils.mnist import train_mnist
 
     parser = make_parser(doc)
     add_training_flags(parser, batch_size=batch_size, settings=("Analog SGD",))
@@ -131,7 +132,7 @@ def stuck_main(doc: str | None, batch_size: int, argv: list[str] | None = None) 
     parser.set_defaults(backend="torch", update_mode="pulse", tau=list(TAUS),
                         seed=list(range(RUNS_PER_TAU)))
     args = parser.parse_args(argv)
-    if args.backend != "torch":
+    if not make_backend(args.backend).batched:
         fail("the study trains with --backend torch (its runs are batched and record the tiles' "
              "state per epoch); for the AIHWKit cross-check run S4.1-mnist-FCN.py "
              "(docs/escape_study.md)", prog=parser.prog)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from utils import cli, results
+from utils.backend import AIHWKIT, make_backend
 from utils.cli import UserError
-from utils.engine import experiment_name
 from utils.escape import (
     ABLATION,
     STUDY,
@@ -26,6 +26,7 @@ from utils.escape import (
     still_at_chance,
     wilson_interval,
 )
+from utils.mnist import experiment_name
 from utils.paper import ESCAPE_ACC, FIGURE5_RUNS, FIGURE5_STUCK, MNIST_EPOCHS
 from utils.runs import read_metrics, read_record
 
@@ -41,11 +42,12 @@ class Source:
     style: str
 
 
+PULSE = make_backend("torch", "pulse")  # the study's backend
 SOURCES = (
-    Source("torch (pulse)", experiment_name("FCN", "torch", "pulse", study=STUDY), True, "-"),
+    Source("torch (pulse)", experiment_name("FCN", PULSE, study=STUDY), True, "-"),
     Source("torch (pulse), no output scaling",
-           experiment_name("FCN", "torch", "pulse", study=ABLATION), False, "--"),
-    Source("AIHWKit", experiment_name("FCN"), True, ":"),
+           experiment_name("FCN", PULSE, study=ABLATION), False, "--"),
+    Source("AIHWKit", experiment_name("FCN", AIHWKIT), True, ":"),
 )
 
 

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from utils.analog_torch.presets import SETTINGS, TT_FAST_LR
+from utils.backend import AIHWKIT, Backend, from_args
 from utils.cli import (
     BACKEND_HELP,
     DEFAULT_OUT,
@@ -107,10 +108,7 @@ def lr_groups(model: nn.Module, lr: float, mode: str = "authors") -> list[dict[s
     """
     if mode not in LR_MODES:
         raise ValueError(f"unknown lr-group mode {mode!r}; choose one of {', '.join(LR_MODES)}")
-    named = list(model.named_parameters())
-    if hasattr(model.head, "aihwkit_parameter_order"):  # torch backend: AIHWKit's order
-        named = [(n, p) for n, p in named if not n.startswith("head.")]
-        named += model.head.aihwkit_parameter_order("head")
+    named = model.aihwkit_parameter_order()
     last = named[-1][0]
     grouped: dict[tuple[str, float], list[tuple[str, nn.Parameter]]] = {}
     for name, param in named:
@@ -150,17 +148,12 @@ def _values(param: nn.Parameter) -> int:
     return tile.in_size * tile.out_size if tile is not None else param.numel()
 
 
-def analog_sgd(groups: list[dict[str, Any]], lr: float, backend: str = "aihwkit"
+def analog_sgd(groups: list[dict[str, Any]], lr: float, backend: Backend = AIHWKIT
                ) -> torch.optim.Optimizer:
-    """AnalogSGD (no momentum, no weight decay, as in the authors' code) over the named groups,
-    AIHWKit's or the torch backend's."""
-    if backend == "torch":
-        from utils.analog_torch.nn import AnalogSGD
-    else:
-        from aihwkit.optim import AnalogSGD
-
-    return AnalogSGD([{"params": g["params"], "lr": g["lr"], "name": g["name"]} for g in groups],
-                     lr=lr)
+    """AnalogSGD (no momentum, no weight decay, as in the authors' code) of ``backend`` over the
+    named groups."""
+    return backend.optimizer([{"params": g["params"], "lr": g["lr"], "name": g["name"]}
+                              for g in groups], lr)
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -249,34 +242,19 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validate the flags, load the weights and CIFAR-10, train. Every check that can fail runs
     before the run folder is touched."""
     from utils.data import CifarImages, ImageLoader, load_cifar10
-    from utils.engine import backend_suffix, fit
+    from utils.engine import fit
     from utils.models import build_resnet, load_backbone_weights
 
-    torch_backend = args.backend == "torch"
-    suffix = backend_suffix(args.backend, args.update_mode)
-    device = torch_device(args.CUDA, require_aihwkit_cuda=False)
+    backend = from_args(args)
+    suffix = backend.suffix
+    device = torch_device(args.CUDA)  # the head goes where backend.head_device says
     gpu = device.type == "cuda"
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     setting, tau = args.optimizer, args.tau
-    if torch_backend:
-        from utils.analog_torch.presets import resolve
-        from utils.analog_torch.tile import set_compile
-
-        set_compile(not args.no_compile)
-        config = resolve(setting, tau, dw_min=tau / DW_MIN_STATES)
-        update_mode = args.update_mode
-    else:
-        from utils.devices import rpu_config
-
-        config = rpu_config(setting, tau, dw_min=tau / DW_MIN_STATES)
-        update_mode = None
-    if torch_backend or not gpu:
-        head_device = device
-    else:  # the PyPI AIHWKit has CPU tiles only: the head stays on the CPU next to a GPU backbone
-        from utils.devices import aihwkit_has_cuda
-
-        head_device = device if aihwkit_has_cuda() else torch.device("cpu")
+    backend.activate()
+    config = backend.rpu_config(setting, tau, dw_min=tau / DW_MIN_STATES)
+    head_device = backend.head_device(device)
     download = not args.no_download
     weights = load_backbone_weights(args.model, args.weights, download=download)
     data = load_cifar10(args.data_root, download=download)
@@ -287,13 +265,13 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
     freeze = not args.full_fine_tune
 
     def build() -> nn.Module:
-        model = build_resnet(args.model, config, state_dict=weights.state_dict,
-                             freeze_backbone=freeze, update_mode=update_mode)
+        model = build_resnet(args.model, config, backend, state_dict=weights.state_dict,
+                             freeze_backbone=freeze)
         model.autocast_dtype, model.channels_last = autocast, channels_last
         return model
 
-    groups = describe_groups(lr_groups(build_resnet(args.model, config, freeze_backbone=freeze,
-                                                    update_mode=update_mode),
+    groups = describe_groups(lr_groups(build_resnet(args.model, config, backend,
+                                                    freeze_backbone=freeze),
                                        lr, args.lr_groups))
     record = {
         "experiment": EXPERIMENT + suffix, "model": args.model, "full_fine_tune": args.full_fine_tune,
@@ -305,8 +283,7 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
         "autocast": None if autocast is None else str(autocast).removeprefix("torch."),
         "channels_last": channels_last, "head_device": str(head_device), "workers": args.workers,
     }
-    if torch_backend:
-        record.update(backend="torch", update_mode=update_mode)
+    record.update(backend.record())
     folder = run_folder(args.out, args.model, weights.label, args.full_fine_tune, setting, tau,
                         args.seed, suffix)
     mode = "full fine-tuning" if args.full_fine_tune else "frozen backbone"
@@ -332,8 +309,7 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
         ImageLoader(test_images, TEST_BATCH, shuffle=False, workers=args.workers, device=device),
         lr=lr, epochs=args.epochs, seeds=[args.seed], device=device, records=[record],
         save_model=args.save_checkpoint, loss_fn=F.cross_entropy,
-        make_optimizer=lambda model: analog_sgd(lr_groups(model, lr, args.lr_groups), lr,
-                                                args.backend),
+        make_optimizer=lambda model: analog_sgd(lr_groups(model, lr, args.lr_groups), lr, backend),
         lr_step=LR_STEP, lr_gamma=LR_GAMMA,
         to_device=lambda model, dev: model.place(dev, head_device), may_change=MAY_CHANGE)[0]
 

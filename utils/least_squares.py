@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from utils.backend import AIHWKIT, Backend, from_args
 from utils.paper import DATA_SEED, RUN_SEED
 
 ROWS = 100
@@ -159,9 +160,9 @@ def run_dynamic(problem: Problem, make_optimizer: Callable[[list[nn.Parameter]],
 
 def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int = RUN_SEED,
                 init_weight: Tensor | float | None = 0.0, init_bias: float = 0.0,
-                noisy_record: bool = False, update_mode: str = "moment") -> dict[str, list[float]]:
-    """Analog SGD simulated by AIHWKit: ``AnalogLinear(d, 1)`` (digital bias) and ``AnalogSGD(lr)``;
-    or by the torch backend when ``rpu_config`` is one of its configs (in ``update_mode``).
+                noisy_record: bool = False, backend: Backend = AIHWKIT) -> dict[str, list[float]]:
+    """Analog SGD simulated by ``backend`` (AIHWKit by default): its analog linear layer (d -> 1,
+    digital bias; ``rpu_config`` one of its configs) and its AnalogSGD(lr).
 
     ``init_weight``: a constant or a (d,) tensor written to the tile with ``set_weights`` (which clips
     to the device bounds), or None to keep the layer's random default init. Records as
@@ -171,30 +172,13 @@ def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int =
     torch.manual_seed(seed)
     given = (None if init_weight is None else
              torch.as_tensor(init_weight, dtype=torch.float32).expand(problem.d).reshape(1, -1))
-    if type(rpu_config).__module__.startswith("utils.analog_torch"):  # the torch backend
-        from utils.analog_torch.nn import AnalogLinear as TorchAnalogLinear
-        from utils.analog_torch.nn import AnalogSGD as TorchAnalogSGD
+    model = backend.linear(problem.d, 1, rpu_config)
+    w0 = backend.linear_weights(model)[0] if given is None else given
+    backend.set_linear_weights(model, w0.clone(), torch.full((1,), float(init_bias)))
+    optimizer = backend.least_squares_optimizer(model, lr)
 
-        digital = nn.Linear(problem.d, 1)  # the default init of AIHWKit's AnalogLinear
-        model = TorchAnalogLinear(problem.d, 1, [rpu_config], update_mode=update_mode)
-        w0 = digital.weight.detach() if given is None else given
-        model.set_weights(w0.clone()[None], torch.full((1, 1), float(init_bias)))
-        optimizer = TorchAnalogSGD(model.parameters(), lr=lr)
-
-        def weights() -> tuple[Tensor, Tensor]:
-            return model.get_weights()[0], model.bias[0].detach()
-    else:
-        from aihwkit.nn import AnalogLinear
-        from aihwkit.optim import AnalogSGD
-
-        model = AnalogLinear(problem.d, 1, bias=True, rpu_config=rpu_config)
-        w0 = model.get_weights()[0] if given is None else given
-        model.set_weights(w0.clone(), torch.full((1,), float(init_bias)))
-        optimizer = AnalogSGD(model.parameters(), lr=lr)
-        optimizer.regroup_param_groups(model)
-
-        def weights() -> tuple[Tensor, Tensor]:
-            return model.get_weights()
+    def weights() -> tuple[Tensor, Tensor]:
+        return backend.linear_weights(model)
     rec: dict[str, list] = {"loss": [], "grad_norm_sq": [], "w_inf": []}
     if noisy_record:
         rec["loss_noisy_read"] = []
@@ -220,11 +204,12 @@ def run_aihwkit(problem: Problem, rpu_config, lr: float, steps: int, seed: int =
 
 @dataclass(frozen=True)
 class PulsedSimulator:
-    """The simulator of a least-squares script's pulsed curves (--backend): ``config`` builds its
-    RPU config (utils.devices.least_squares_config's signature), ``label`` names it in titles and
-    tables, ``suffix`` is appended to figure and table names, ``ignore`` lists the flags left out
-    of the run folder's name (so AIHWKit runs keep the folders they had before --backend existed)."""
+    """The simulator of a least-squares script's pulsed curves (--backend): ``backend`` runs them,
+    ``config`` builds its RPU config (utils.rpu_configs.least_squares_config's signature), ``label``
+    names it in titles and tables, ``suffix`` is appended to figure and table names, ``ignore``
+    lists the flags left out of the run folder's name."""
 
+    backend: Backend
     config: Callable
     label: str
     suffix: str
@@ -242,18 +227,15 @@ def add_backend_flags(parser) -> None:
 
 def pulsed_simulator(args) -> PulsedSimulator:
     """The :class:`PulsedSimulator` of a script's parsed --backend / --update-mode."""
-    if args.backend == "torch":
-        from utils.analog_torch.presets import least_squares_config
-
-        return PulsedSimulator(least_squares_config, f"torch backend, {args.update_mode}",
-                               "_torch", ())
     from utils.cli import UserError, fail
 
+    backend = from_args(args)
     try:
-        from utils.devices import least_squares_config
-    except UserError as err:  # AIHWKit missing: these scripts have no other UserError to report
+        backend.require()
+    except UserError as err:  # these scripts have no other UserError to report
         fail(str(err))
-    return PulsedSimulator(least_squares_config, "AIHWKit", "", ("backend", "update_mode"))
+    return PulsedSimulator(backend, backend.least_squares_config, backend.label,
+                           backend.least_squares_suffix, backend.least_squares_ignore)
 
 
 def amplification_factor(w_inf: list[float], tau: float) -> float:

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1.inset_locator import inset_axes, mark_inset
 
 from utils import cli, results
-from utils.engine import backend_suffix
+from utils.backend import from_args
 from utils.paper import (
     ANALOG,
     CHANCE_ACC,
@@ -294,7 +294,7 @@ def plot_main(network: str, doc: str | None, argv: list[str] | None = None) -> N
 def draw(args, network: str) -> None:
     """The figure and the table of parsed flags ``args``."""
     taus = tuple(args.tau)
-    backend = backend_suffix(args.backend, args.update_mode)
+    backend = from_args(args).suffix
     curves, missing = load_panel(args.runs, network, taus, backend)
     if not curves:
         cli.fail(f"no MNIST-{network}{backend} runs under {args.runs / 'runs'}; train them first "

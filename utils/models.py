@@ -1,5 +1,6 @@
-"""The MNIST networks of Figure 5 (as in the authors' code), with every weight matrix on analog
-tiles configured by one ``rpu_config`` (utils.devices.rpu_config) and biases digital.
+"""The networks of the paper, each defined once, digitally, and converted to analog tiles by the
+backend that runs it (utils.backend): the MNIST networks of Figure 5 (as in the authors' code), every
+weight matrix on analog tiles configured by one RPU config and biases digital.
 
 Both take images of shape (N, 1, 28, 28) and return log-probabilities (train with NLLLoss).
 Table 2's ImageNet ResNets with an analog classifier head, and their initial weights, follow them.
@@ -11,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,33 +23,54 @@ from torch import nn
 from utils.cli import UserError
 
 
-def build_fcn(rpu_config) -> nn.Module:
-    """FCN 784-256-128-10 with sigmoids, built digitally (torch's default init) and converted, as
-    the authors do. Layer 1 has 784 > 512 inputs, so AIHWKit splits it into two 392-input tiles
-    whose outputs are summed digitally (as in the authors' code)."""
-    from aihwkit.nn.conversion import convert_to_analog
-    digital = nn.Sequential(
+def fcn() -> nn.Sequential:
+    """FCN 784-256-128-10 with sigmoids (torch's default init), as the authors build it before
+    converting it. Layer 1 has 784 > 512 inputs, so both backends split it into two 392-input
+    tiles whose outputs are summed digitally (as in the authors' code)."""
+    return nn.Sequential(
         nn.Flatten(),
         nn.Linear(784, 256), nn.Sigmoid(),
         nn.Linear(256, 128), nn.Sigmoid(),
         nn.Linear(128, 10), nn.LogSoftmax(dim=1),
     )
-    return convert_to_analog(digital, rpu_config)
 
 
-def build_cnn(rpu_config) -> nn.Module:
-    """LeNet-style CNN built directly from analog modules; spatial size 28 -> 24 -> 12 -> 8 -> 4.
-    Tiles (out x in): 16x25, 32x400, 128x512, 10x128; none is split. The Tanh after the second
-    pooling repeats the authors' model (a second Tanh in a row)."""
-    from aihwkit.nn import AnalogConv2d, AnalogLinear, AnalogSequential
-    return AnalogSequential(
-        AnalogConv2d(1, 16, kernel_size=5, stride=1, rpu_config=rpu_config), nn.Tanh(),
+def cnn() -> nn.Sequential:
+    """LeNet-style CNN; spatial size 28 -> 24 -> 12 -> 8 -> 4. Tiles (out x in): 16x25, 32x400,
+    128x512, 10x128; none is split. The Tanh after the second pooling repeats the authors' model
+    (a second Tanh in a row). The authors build it from analog modules directly; their weights are
+    torch's default init of these layers, drawn in this order, as converting this network gives."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, kernel_size=5, stride=1), nn.Tanh(),
         nn.MaxPool2d(2),
-        AnalogConv2d(16, 32, kernel_size=5, stride=1, rpu_config=rpu_config), nn.Tanh(),
+        nn.Conv2d(16, 32, kernel_size=5, stride=1), nn.Tanh(),
         nn.MaxPool2d(2), nn.Tanh(), nn.Flatten(),
-        AnalogLinear(32 * 4 * 4, 128, rpu_config=rpu_config), nn.Tanh(),
-        AnalogLinear(128, 10, rpu_config=rpu_config), nn.LogSoftmax(dim=1),
+        nn.Linear(32 * 4 * 4, 128), nn.Tanh(),
+        nn.Linear(128, 10), nn.LogSoftmax(dim=1),
     )
+
+
+NETWORKS = {"FCN": fcn, "CNN": cnn}
+"""The digital networks of Figure 5, by the name of their experiment (S4.1: FCN, S4.2: CNN)."""
+
+
+def build_network(network: str, configs: Sequence, backend, seeds: Sequence[int] | None = None
+                  ) -> nn.Module:
+    """The analog ``network`` ("FCN" | "CNN") for R = len(configs) runs on ``backend`` (a
+    utils.backend.Backend), run r on ``configs[r]``: built digitally and converted. Run r's initial
+    weights are torch's default init after ``torch.manual_seed(seeds[r])`` (None: from the RNG's
+    current state, one run)."""
+    make = NETWORKS[network]
+    if seeds is None:
+        digitals = [make() for _ in configs]
+    else:
+        digitals = [_seeded(make, seed) for seed in seeds]
+    return backend.convert(digitals, configs)
+
+
+def _seeded(make: Callable[[], nn.Sequential], seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return make()
 
 
 # --- ResNets with an analog classifier (Table 2) --------------------------------------------------
@@ -56,6 +79,7 @@ RESNETS = {"Resnet18": "resnet18", "Resnet34": "resnet34", "Resnet50": "resnet50
 """The authors' --model names and the torchvision builders they stand for."""
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"  # the torchvision weights the authors fine-tune
 CIFAR_CLASSES = 10
+HeadParameters = Callable[[nn.Module, str], list[tuple[str, nn.Parameter]]]
 
 
 class AnalogHeadNet(nn.Module):
@@ -71,10 +95,19 @@ class AnalogHeadNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module,
-                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> None:
+                 autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
+                 head_parameters: HeadParameters | None = None) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
         self.autocast_dtype, self.channels_last = autocast_dtype, channels_last
+        self._head_parameters = head_parameters or (lambda h, prefix: list(h.named_parameters(prefix)))
+
+    def aihwkit_parameter_order(self) -> list[tuple[str, nn.Parameter]]:
+        """The named parameters in the order of the same net with AIHWKit's head (the backbone's,
+        then the head's as AIHWKit's AnalogLinear lists them), for rules that depend on the
+        position of a parameter (the authors' learning-rate groups of Table 2)."""
+        backbone = [(n, p) for n, p in self.named_parameters() if not n.startswith("head.")]
+        return backbone + self._head_parameters(self.head, "head")
 
     def place(self, device: torch.device, head_device: torch.device | None = None) -> AnalogHeadNet:
         """Move the backbone to ``device`` (channels_last if set) and the head to ``head_device``
@@ -104,18 +137,15 @@ class AnalogHeadNet(nn.Module):
         return logits.to(x.device)
 
 
-def build_resnet(model: str, rpu_config, *, state_dict: dict | None = None,
-                 freeze_backbone: bool = False, classes: int = CIFAR_CLASSES,
-                 update_mode: str | None = None) -> AnalogHeadNet:
+def build_resnet(model: str, rpu_config, backend, *, state_dict: dict | None = None,
+                 freeze_backbone: bool = False, classes: int = CIFAR_CLASSES) -> AnalogHeadNet:
     """torchvision's ResNet ``model`` ("Resnet18" | "Resnet34" | "Resnet50") with ``state_dict``
-    loaded into its backbone (None: torch's random init) and ``fc`` replaced by
-    ``AnalogLinear(num_ftrs, classes, rpu_config)`` with a digital bias (as in the authors' code).
-    ResNet-50's 2048 features exceed AIHWKit's 512-input tile limit, so its head is four tiles of
-    512 inputs whose outputs are summed digitally. ``freeze_backbone`` (the authors' default,
-    without -FFT) stops the backbone's parameters from training; its BatchNorm statistics still
-    follow the data in train mode, as in the authors' code. ``update_mode`` ("moment" |
-    "pulse") builds the head with the torch backend (utils.analog_torch, ``rpu_config`` one of
-    its configs) instead of AIHWKit."""
+    loaded into its backbone (None: torch's random init) and ``fc`` replaced by ``backend``'s
+    analog linear layer (num_ftrs -> classes, ``rpu_config``) with a digital bias (as in the
+    authors' code). ResNet-50's 2048 features exceed AIHWKit's 512-input tile limit, so its head is
+    four tiles of 512 inputs whose outputs are summed digitally. ``freeze_backbone`` (the authors'
+    default, without -FFT) stops the backbone's parameters from training; its BatchNorm statistics
+    still follow the data in train mode, as in the authors' code."""
     import torchvision
 
     backbone = getattr(torchvision.models, RESNETS[model])(weights=None)
@@ -124,17 +154,8 @@ def build_resnet(model: str, rpu_config, *, state_dict: dict | None = None,
     if state_dict is not None:
         backbone.load_state_dict(_without_fc(state_dict))
     backbone.requires_grad_(not freeze_backbone)
-    if update_mode is None:
-        from aihwkit.nn import AnalogLinear
-
-        head = AnalogLinear(num_ftrs, classes, bias=True, rpu_config=rpu_config)
-    else:
-        from utils.analog_torch.nn import AnalogLinear as TorchAnalogLinear
-
-        digital = nn.Linear(num_ftrs, classes)  # the same init as AIHWKit's AnalogLinear
-        head = TorchAnalogLinear(num_ftrs, classes, [rpu_config], update_mode=update_mode)
-        head.set_weights(digital.weight.detach()[None], digital.bias.detach()[None])
-    return AnalogHeadNet(backbone, head)
+    return AnalogHeadNet(backbone, backend.linear(num_ftrs, classes, rpu_config),
+                         head_parameters=backend.head_parameters)
 
 
 def _without_fc(state_dict: dict) -> dict:

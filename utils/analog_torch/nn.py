@@ -1,4 +1,5 @@
-"""Analog layers, the MNIST networks and the optimizer of the torch backend, for R runs at once.
+"""Analog layers, the conversion of a digital network and the optimizer of the torch backend, for
+R runs at once.
 
 A batched network takes the R runs' mini-batches stacked along the batch dimension, run r's
 samples in rows r·B … (r+1)·B − 1, and returns their outputs the same way. Layers that are not
@@ -155,23 +156,13 @@ def analog_tiles(model: nn.Module) -> list[AnalogTile]:
     return [m for m in model.modules() if isinstance(m, AnalogTile)]
 
 
-# --- the MNIST networks -------------------------------------------------------------------------------
+# --- converting a digital network --------------------------------------------------------------------
 
-def _digital_fcn() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.Sigmoid(), nn.Linear(256, 128),
-                         nn.Sigmoid(), nn.Linear(128, 10), nn.LogSoftmax(dim=1))
-
-
-def _digital_cnn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 5), nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5), nn.Tanh(),
-        nn.MaxPool2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(512, 128), nn.Tanh(),
-        nn.Linear(128, 10), nn.LogSoftmax(dim=1))
-
-
-def _convert(digitals: Sequence[nn.Sequential], configs: Sequence[RPUConfig],
-             update_mode: str) -> nn.Sequential:
-    """One batched analog network from R digital twins (their initial weights, one per run)."""
+def convert(digitals: Sequence[nn.Sequential], configs: Sequence[RPUConfig],
+            update_mode: str = "moment") -> nn.Sequential:
+    """One batched analog network from R digital twins (their initial weights, one per run): every
+    nn.Linear and nn.Conv2d becomes an analog layer holding the R runs' weights, the other layers
+    are kept (utils.models defines the digital networks)."""
     layers, salt = [], 0
     for modules in zip(*digitals, strict=True):
         first = modules[0]
@@ -190,26 +181,6 @@ def _convert(digitals: Sequence[nn.Sequential], configs: Sequence[RPUConfig],
         layers.append(layer)
         salt += 1
     return nn.Sequential(*layers)
-
-
-def build_fcn(configs: Sequence[RPUConfig], seeds: Sequence[int],
-              update_mode: str = "moment") -> nn.Sequential:
-    """The FCN 784-256-128-10 (sigmoids) of Figure 5 for R runs: run r's initial weights are those
-    of torch's default init after ``torch.manual_seed(seeds[r])``, as in the AIHWKit backend (the
-    network is built digitally and converted); layer 1 is split into two 392-input tiles."""
-    return _convert([_seeded(_digital_fcn, s) for s in seeds], configs, update_mode)
-
-
-def build_cnn(configs: Sequence[RPUConfig], seeds: Sequence[int],
-              update_mode: str = "moment") -> nn.Sequential:
-    """The LeNet-style CNN of Figure 5 for R runs (tiles 16×25, 32×400, 128×512, 10×128), initial
-    weights from torch's default init of the same layers after ``torch.manual_seed(seeds[r])``."""
-    return _convert([_seeded(_digital_cnn, s) for s in seeds], configs, update_mode)
-
-
-def _seeded(make, seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return make()
 
 
 def batched_loss(log_probs: Tensor, target: Tensor, runs: int) -> Tensor:

@@ -1,8 +1,8 @@
 """The RPU configs of the paper's experiments in the torch backend's types, built without AIHWKit.
 
-They are the same values as utils.devices (which builds AIHWKit's configs); the test suite checks
-that ``from_aihwkit(utils.devices.rpu_config(s, τ)) == rpu_config(s, τ)``, so the two never drift.
-Scripts use :func:`resolve`, which converts utils.devices' config when AIHWKit is importable and
+They are the same values as utils.rpu_configs (which builds AIHWKit's configs); the test suite checks
+that ``from_aihwkit(utils.rpu_configs.rpu_config(s, τ)) == rpu_config(s, τ)``, so the two never drift.
+The torch backend (utils.backend) converts utils.rpu_configs' config when AIHWKit is importable and
 falls back to these presets when it is not.
 """
 
@@ -32,7 +32,7 @@ TT_READS_PER_TRANSFER = 1
 
 
 def mnist_device(tau: float, dw_min: float = 1e-3) -> SoftBoundsReferenceDevice:
-    """AIHWKit 0.9.0's soft-bounds defaults written out, bounds ±τ (see utils.devices)."""
+    """AIHWKit 0.9.0's soft-bounds defaults written out, bounds ±τ (see utils.rpu_configs)."""
     if not tau > 0:
         raise ValueError(f"tau (the device bound τ) must be > 0, got {tau}")
     return SoftBoundsReferenceDevice(
@@ -42,7 +42,7 @@ def mnist_device(tau: float, dw_min: float = 1e-3) -> SoftBoundsReferenceDevice:
 
 
 def least_squares_io(w_noise: float, managed: bool = False) -> IOParameters:
-    """IO-A (managed=False) / IO-B (managed=True) of the least-squares runs (see utils.devices)."""
+    """IO-A (managed=False) / IO-B (managed=True) of the least-squares runs (see utils.rpu_configs)."""
     return IOParameters(
         inp_bound=1.0 if managed else 10.0, out_bound=10.0, inp_res=0.0, out_res=0.0,
         out_noise=0.0, w_noise=w_noise, w_noise_type="additive_constant",
@@ -53,7 +53,7 @@ def least_squares_io(w_noise: float, managed: bool = False) -> IOParameters:
 def least_squares_config(tau: float, dw_min: float, w_noise: float, desired_bl: int, *,
                          managed_io: bool = False,
                          subtract_symmetry_point: bool = False) -> SingleRPUConfig:
-    """Analog SGD on the ideal τ-bounded device of S1–S3 (see utils.devices)."""
+    """Analog SGD on the ideal τ-bounded device of S1–S3 (see utils.rpu_configs)."""
     device = SoftBoundsReferenceDevice(
         dw_min=dw_min, dw_min_dtod=0.0, dw_min_std=0.0, up_down=0.0, up_down_dtod=0.0,
         w_max=tau, w_min=-tau, w_max_dtod=0.0, w_min_dtod=0.0,
@@ -65,7 +65,7 @@ def least_squares_config(tau: float, dw_min: float, w_noise: float, desired_bl: 
 
 
 def rpu_config(setting: str, tau: float, dw_min: float = 1e-3) -> RPUConfig:
-    """The config of one ``--SETTING`` of the MNIST / CIFAR experiments (see utils.devices)."""
+    """The config of one ``--SETTING`` of the MNIST / CIFAR experiments (see utils.rpu_configs)."""
     if setting == "FP SGD":
         return FloatingPointRPUConfig(mapping=MappingParameter(learn_out_scaling=False))
     device = mnist_device(tau, dw_min)
@@ -85,14 +85,3 @@ def rpu_config(setting: str, tau: float, dw_min: float = 1e-3) -> RPUConfig:
                                  mapping=MappingParameter(learn_out_scaling=True))
     raise ValueError(f"unknown setting {setting!r}; choose one of {', '.join(SETTINGS)}")
 
-
-def resolve(setting: str, tau: float, dw_min: float = 1e-3) -> RPUConfig:
-    """The torch-backend config of a setting: utils.devices' AIHWKit config converted when AIHWKit
-    is importable (one source of settings), else :func:`rpu_config`."""
-    try:
-        from utils import devices
-    except ImportError:
-        return rpu_config(setting, tau, dw_min)
-    from utils.analog_torch.config import from_aihwkit
-
-    return from_aihwkit(devices.rpu_config(setting, tau, dw_min))

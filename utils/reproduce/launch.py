@@ -61,7 +61,7 @@ def log_path(log_dir: Path, step: Step) -> Path:
 
 def aihwkit_has_cuda() -> bool:
     try:
-        from utils.devices import aihwkit_has_cuda as has_cuda
+        from utils.rpu_configs import aihwkit_has_cuda as has_cuda
     except ImportError:  # a torch-only install: each AIHWKit step reports that itself
         return False
     return has_cuda()

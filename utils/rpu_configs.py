@@ -18,7 +18,7 @@ from utils.cli import UserError
 
 class AIHWKitMissing(UserError, ImportError):
     """AIHWKit does not import: a one-line UserError for the scripts, an ImportError for code that
-    falls back to the torch backend's own settings (utils.analog_torch.presets.resolve)."""
+    falls back to the torch backend's own settings (utils.backend.TorchBackend.rpu_config)."""
 
 
 # The one place the default backend first imports AIHWKit: a missing or broken install ends here.

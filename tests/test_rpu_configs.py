@@ -17,7 +17,8 @@ from aihwkit.simulator.parameters.enums import (
     WeightNoiseType,
 )
 
-from utils.devices import (
+from utils.least_squares import make_problem
+from utils.rpu_configs import (
     default_io,
     least_squares_config,
     least_squares_io,
@@ -25,7 +26,6 @@ from utils.devices import (
     rpu_config,
     soft_bounds_device,
 )
-from utils.least_squares import make_problem
 
 
 def test_least_squares_device_is_ideal_and_bounded_by_tau():
