@@ -28,7 +28,7 @@ import torch
 from utils.analog_torch import native, presets
 from utils.analog_torch import nn as tnn
 from utils.analog_torch.tile import AnalogTile, _res_step, analog_mvm, set_compile
-from utils.data import write_synthetic_mnist
+from utils.data.mnist import write_synthetic_mnist
 
 CUDA = torch.device(os.environ.get("ANALOG_TEST_DEVICE", "cuda"))
 pytestmark = pytest.mark.skipif(CUDA.type == "cuda" and not torch.cuda.is_available(),

@@ -15,7 +15,7 @@ import torch
 
 from utils.analog_torch import native, presets
 from utils.analog_torch import nn as tnn
-from utils.data import write_synthetic_mnist
+from utils.data.mnist import write_synthetic_mnist
 from utils.fidelity import cpp_kernels
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_bad_backend_flags_fail_with_one_line(mnist_root, tmp_path, flags, messa
 # --- A12 (Table 2) ----------------------------------------------------------------------------
 
 def test_a12_trains_with_the_torch_backend(tmp_path):
-    from utils.data import write_synthetic_cifar10
+    from utils.data.cifar10 import write_synthetic_cifar10
 
     data = tmp_path / "cifar"
     write_synthetic_cifar10(data, n_train=32, n_test=16)

@@ -593,7 +593,7 @@ def train_mnist(args: argparse.Namespace, network: str, *, study: str = "",
     folder, may turn the tiles' learnable output scaling off (``out_scaling``) and records a
     ``probe`` (torch backend only) per epoch."""
     from utils.cli import torch_device
-    from utils.data import TensorLoader, load_mnist
+    from utils.data.mnist import TensorLoader, load_mnist
 
     torch_backend = args.backend == "torch"
     if args.noise_list and not torch_backend:
