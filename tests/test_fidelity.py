@@ -22,16 +22,13 @@ from utils.analog_torch import presets
 from utils.analog_torch.config import from_aihwkit
 from utils.analog_torch.tile import AnalogTile, SoftBoundsArray
 from utils.fidelity import (
+    COMPARISONS,
     STAND_IN,
-    TOLERANCE,
     UPDATE_MODES_TESTED,
-    VARIANTS,
     aihwkit_layer,
     analog_sgd_config,
     copy_devices,
     cpp_kernels,
-    rel,
-    repeated_update,
     stand_in_accuracies,
 )
 
@@ -103,88 +100,69 @@ def test_lr_groups_are_aihwkits(model, setting):
 
 # --- one update, many times -------------------------------------------------------------------
 
-@pytest.mark.parametrize("variants", [["moment", "moment-cpp"], ["pulse", "pulse-cpp"]])
-def test_update_mean_and_variance_match_aihwkit(variants):
-    """MNIST-like: 4 samples of non-negative inputs (some zero, and two inputs zero in every
-    sample, so the update skips their lines), errors up to ~0.5, lr 0.05: some samples hit the
-    31-pulse cap. Each mode with tensor operations and with the C++ kernels."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(4, 9, generator=g) * (torch.rand(4, 9, generator=g) > 0.3)
-    x[:, [2, 6]] = 0
-    d = torch.randn(4, 6, generator=g) * 0.2
-    theirs, ours = repeated_update(variants, 10000, x, d, lr=0.05)
-    for variant, dw in zip(variants, ours, strict=True):
-        assert rel(dw.mean(0), theirs.mean(0)) < TOLERANCE, variant
-        assert rel(dw.var(0), theirs.var(0)) < TOLERANCE, variant
+def assert_within_limits(name: str) -> None:
+    """One trial of the comparison ``name`` of utils.fidelity.COMPARISONS: every distance within
+    its limit."""
+    distances, limit = COMPARISONS[name]
+    for what, distance in distances().items():
+        assert distance <= limit(what), (name, what, distance, limit(what))
+
+
+@pytest.mark.parametrize("mode", ["moment", "pulse"])
+def test_update_mean_and_variance_match_aihwkit(mode):
+    """MNIST-like samples (utils.fidelity.update_case): some samples hit the 31-pulse cap, two
+    inputs are zero throughout (their lines are skipped). Each mode with tensor operations and
+    with the C++ kernels: per-element mean and variance of ΔW within 5 %.
+
+    10,000 updates of ours per variant, 40,000 of AIHWKit's. Moment mode: Measured with ``python
+    tests/measure_margins.py update-moment 10`` (10 trials, each with a new AIHWKit tile; ours
+    seeded): the distance nearest its limit, moment var, had mean 0.0137, std 0.0015, max
+    0.0163, so the limit 0.05 lies 24.5 std above its mean (the other 3 distances: 25.9 std or
+    more). With each std taken 1.5 times the measured one, the Gaussian tails summed over the 4
+    distances give a failure probability by AIHWKit's noise alone below 1e-12. The pulse mode's
+    spread is not yet measured (``python tests/measure_margins.py update-pulse 10``)."""
+    assert_within_limits(f"update-{mode}")
 
 
 def test_update_of_a_saturated_sample_matches_aihwkit():
-    """One sample far beyond the pulse cap (k ≈ 150): the update is truncated at 31 pulses."""
-    x = torch.tensor([[0.5, -0.2, 0.1]])
-    d = torch.tensor([[3.0, -1.0, 0.5, 2.0]])
-    variants = ["moment", "moment-cpp", "pulse-cpp"]
-    theirs, ours = repeated_update(variants, 8000, x, d, lr=0.05)
-    for variant, dw in zip(variants, ours, strict=True):
-        assert rel(dw.mean(0), theirs.mean(0)) < TOLERANCE, variant
-        assert rel(dw.var(0), theirs.var(0)) < TOLERANCE, variant
+    """One sample far beyond the pulse cap (k ≈ 150): the update is truncated at 31 pulses, and
+    bit-length management scales d down. Per-element mean and variance of ΔW within 5 %.
+
+    16,000 updates of ours per variant, 64,000 of AIHWKit's. Measured with ``python
+    tests/measure_margins.py saturated 10`` (10 trials, each with a new AIHWKit tile; ours
+    seeded): the distance nearest its limit, moment-cpp var, had mean 0.0093, std 0.0031, max
+    0.0138, so the limit 0.05 lies 13.2 std above its mean (the other 5 distances: 16.7 std or
+    more). With each std taken 1.5 times the measured one, the Gaussian tails summed over the 6
+    distances give a failure probability by AIHWKit's noise alone below 1e-12."""
+    assert_within_limits("saturated")
 
 
-@pytest.mark.parametrize("variants", [["moment", "moment-cpp"], ["pulse", "pulse-cpp"]])
-def test_update_covariance_between_devices_matches_aihwkit(variants):
+@pytest.mark.parametrize("mode", ["moment", "pulse"])
+def test_update_covariance_between_devices_matches_aihwkit(mode):
     """The devices of one row (column) share that row's (column's) pulse train, so their updates
-    are correlated. Off-diagonal covariances of ΔW over 8,000 repeats: two halves of AIHWKit's
-    differ by 0.17-0.19 (relative Frobenius norm, sampling noise); independent devices would be
-    1.0 off."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 9, generator=g) * (torch.rand(4, 9, generator=g) > 0.3)
-    d = torch.randn(4, 6, generator=g) * 0.1
-    theirs, ours = repeated_update(variants, 8000, x, d, lr=0.05)
+    are correlated: the off-diagonal covariances of ΔW within 30 % of AIHWKit's (relative
+    Frobenius norm); independent devices would be 100 % off.
 
-    def off_diagonal_covariance(dw):
-        c = torch.cov(dw.reshape(dw.shape[0], -1).T)
-        return c[~torch.eye(c.shape[0], dtype=torch.bool)]
-    for variant, dw in zip(variants, ours, strict=True):
-        assert rel(off_diagonal_covariance(dw), off_diagonal_covariance(theirs)) < 0.3, variant
+    8,000 updates of ours per variant, 32,000 of AIHWKit's. The spread of this distance is not
+    yet measured (``python tests/measure_margins.py covariance-moment 10``, ``covariance-
+    pulse``): its failure probability is not stated."""
+    assert_within_limits(f"covariance-{mode}")
 
 
 # --- Tiki-Taka's transfer ---------------------------------------------------------------------
 
 def test_tiki_taka_transfer_matches_aihwkit():
     """A step without gradient pulses is one transfer: column 0 of A, read through the noisy,
-    quantised transfer IO, written onto C by pulses at transfer_lr × lr."""
-    torch.manual_seed(2)
-    # AIHWKit's tile is not seeded by torch: its sample mean varies from run to run by a few %
-    trials, out_size, in_size, lr = 20000, 6, 5, 0.05
-    config = devices.rpu_config("TT-v1", 0.7)
-    _, tile = aihwkit_layer(config, in_size, out_size)
-    hidden = tile.get_hidden_parameters()
-    c0 = (torch.rand(out_size, in_size) * 2 - 1) * 0.3
-    a0 = (torch.rand(out_size, in_size) * 2 - 1) * 0.3
-    tile.set_learning_rate(lr)
-    theirs = []
-    for _ in range(trials):
-        tile.set_weights(c0)
-        hp = tile.get_hidden_parameters()
-        hp["hidden_weights_0"] = a0.clone()
-        tile.set_hidden_parameters(hp)
-        tile.tile.update(torch.zeros(1, in_size), torch.zeros(1, out_size), False)
-        theirs.append(tile.tile.get_weights() - c0)
-    theirs = torch.stack(theirs)
-    assert float(theirs[:, :, 1:].abs().max()) == 0
-    for variant, (mode, cpp) in VARIANTS.items():
-        with cpp_kernels(cpp):  # the column read through the IO and the column's pulses
-            ours_tile = AnalogTile(out_size, in_size, [from_aihwkit(config)] * trials,
-                                   update_mode=mode)
-            copy_devices(hidden, ours_tile.fast, "_0")
-            copy_devices(hidden, ours_tile.slow, "_1")
-            ours_tile.set_weights(c0.expand(trials, -1, -1))
-            ours_tile.fast.weight.copy_(a0.expand(trials, -1, -1))
-            ours_tile.stash(torch.zeros(trials, 1, in_size), torch.zeros(trials, 1, out_size))
-            ours_tile.apply_update(lr)
-        ours = ours_tile.weight - c0
-        assert float(ours[:, :, 1:].abs().max()) == 0, variant
-        assert rel(ours.mean(0), theirs.mean(0)) < TOLERANCE, variant
-        assert rel(ours.var(0), theirs.var(0)) < TOLERANCE, variant
+    quantised transfer IO, written onto C by pulses at transfer_lr × lr. No other column of C
+    moves, in either backend; per-element mean and variance of ΔC within 5 % in every variant.
+
+    20,000 transfers of ours per variant, 80,000 of AIHWKit's. Measured with ``python
+    tests/measure_margins.py transfer 8`` (8 trials, each with a new AIHWKit tile; ours seeded):
+    the distance nearest its limit, pulse-cpp var, had mean 0.0201, std 0.0074, max 0.0328, so
+    the limit 0.05 lies 4.0 std above its mean (the other 7 distances: 6.1 std or more). That is
+    p ≈ 3e-5 with the measured std, but about 4e-3 with the std taken 1.5 times: this test does
+    not yet reach 1e-4 by that rule."""
+    assert_within_limits("transfer")
 
 
 def _changed_columns(before: torch.Tensor, after: torch.Tensor) -> list[int]:
@@ -277,83 +255,32 @@ def test_io_pass_without_noise_equals_aihwkits_within_one_adc_step(bound_managem
 
 def test_forward_and_backward_match_aihwkit():
     """Default IO (7-bit DAC, 9-bit ADC, output noise, ABS_MAX, ITERATIVE bound management); the
-    last sample drives outputs past the ADC bound, so bound management acts."""
-    torch.manual_seed(3)
-    trials, in_size, out_size = 6000, 40, 8
-    config = analog_sgd_config()
-    layer, tile = aihwkit_layer(config, in_size, out_size)
-    w = ((torch.rand(out_size, in_size) * 2 - 1) * 0.6).clamp(-0.45, 0.45)
-    w[0] = 0.45  # row 0: all weights high
-    tile.set_weights(w)
-    w = tile.tile.get_weights()  # as programmed: clipped to each device's bounds
-    x = torch.rand(3, in_size)
-    x[2] = 1.0  # row 0 of sample 2: 40 · 0.45 = 18 > 12: bound management
-    d = torch.randn(3, out_size)
-    ours = tnn.AnalogLinear(in_size, out_size, [from_aihwkit(config)], bias=False)
-    copy_devices(tile.get_hidden_parameters(), ours.tiles[0].array)
-    ours.set_weights(w[None])
-    torch.testing.assert_close(ours.get_weights()[0], w)
+    last sample drives outputs past the ADC bound, so bound management acts. Mean and variance of
+    the outputs and input gradients within 5 %, tensor operations and C++.
 
-    def moments(module):
-        xs = x.repeat(trials, 1).requires_grad_(True)
-        y = module(xs)
-        y.backward(d.repeat(trials, 1))
-        outs = y.detach().view(trials, 3, out_size)
-        grads = xs.grad.view(trials, 3, in_size)
-        return outs.mean(0), outs.var(0), grads.mean(0), grads.var(0)
-    ref = moments(layer)
-    assert float(ref[0][2, 0]) > 12  # bound management let the output exceed the ADC range
-    for cpp in (False, True):
-        with cpp_kernels(cpp):
-            got = moments(ours)
-        for a, b, what in zip(got, ref, ("out mean", "out var", "grad mean", "grad var"),
-                              strict=True):
-            assert rel(a, b) < TOLERANCE, (what, cpp)
+    64,000 passes in each backend. Measured with ``python tests/measure_margins.py io 10`` (10
+    trials, each with a new AIHWKit tile; ours seeded): the distance nearest its limit, out var
+    (C++), had mean 0.0107, std 0.0048, max 0.0202, so the limit 0.05 lies 8.2 std above its
+    mean (the other 7 distances: 11.3 std or more). With each std taken 1.5 times the measured
+    one, the Gaussian tails summed over the 8 distances give a failure probability by AIHWKit's
+    noise alone below 1e-7."""
+    assert_within_limits("io")
 
 
 def test_conv_training_step_matches_aihwkit():
     """One whole training step of an analog convolution (forward and backward through the IO
     periphery per patch, every (sample, patch) pair an update vector, the learned output scale at
-    1.5) against AIHWKit's AnalogConv2d, repeated from the same weights: mean and variance of ΔW.
-    4 images of 9 patches: 36 update vectors, most of their inputs non-zero, so the C++ moment
-    update takes its line sums from matrix products. The variance gets a wider bound: with 2,500
-    repeats each, two halves of AIHWKit's own repeats differ by up to ~6 % in it."""
-    from aihwkit.nn import AnalogConv2d
-    from aihwkit.optim import AnalogSGD
+    1.5) against AIHWKit's AnalogConv2d, repeated from the same weights: mean of ΔW within 5 %,
+    its variance within 10 %. 36 update vectors, most of their inputs non-zero, so the C++ moment
+    update takes its line sums from matrix products.
 
-    torch.manual_seed(4)
-    trials, lr = 2500, 0.05
-    config = devices.rpu_config("Analog SGD", 0.7)  # learn_out_scaling on, as in the experiments
-    layer = AnalogConv2d(2, 3, 3, bias=False, rpu_config=config)
-    tile = next(layer.analog_tiles())
-    hidden = tile.get_hidden_parameters()
-    w0 = ((torch.rand(3, 18) * 2 - 1) * 0.3).clamp(hidden["min_bound"], hidden["max_bound"])
-    x = torch.rand(4, 2, 5, 5) * (torch.rand(4, 2, 5, 5) > 0.3)
-    g = torch.randn(4, 3, 3, 3) * 0.1
-    opt = AnalogSGD(layer.parameters(), lr=lr)
-    theirs = []
-    for _ in range(trials):
-        tile.set_weights(w0)
-        tile.out_scaling_alpha.data.fill_(1.5)
-        opt.zero_grad()
-        (layer(x) * g).sum().backward()
-        opt.step()
-        theirs.append(tile.tile.get_weights() - w0)  # the raw tile: without the output scale
-    theirs = torch.stack(theirs)
-    for variant in ("moment", "moment-cpp", "pulse-cpp"):
-        mode, cpp = VARIANTS[variant]
-        with cpp_kernels(cpp):
-            ours = tnn.AnalogConv2d(2, 3, 3, [from_aihwkit(config)] * trials, bias=False,
-                                    update_mode=mode)
-            copy_devices(hidden, ours.tile.array)
-            ours.set_weights(w0.expand(trials, -1, -1))
-            with torch.no_grad():
-                ours.out_scaling.fill_(1.5)
-            (ours(x.repeat(trials, 1, 1, 1)) * g.repeat(trials, 1, 1, 1)).sum().backward()
-            tnn.AnalogSGD(ours.parameters(), lr=lr).step()
-        dw = ours.get_weights() - w0
-        assert rel(dw.mean(0), theirs.mean(0)) < TOLERANCE, variant
-        assert rel(dw.var(0), theirs.var(0)) < 2 * TOLERANCE, variant
+    2,500 steps of ours per variant, 5,000 of AIHWKit's. Measured with ``python
+    tests/measure_margins.py conv 10`` (10 trials, each with a new AIHWKit tile; ours seeded):
+    the distance nearest its limit, moment var, had mean 0.0659, std 0.0051, max 0.0754, so the
+    limit 0.1 lies 6.6 std above its mean (the other 5 distances: 8.3 std or more). With each
+    std taken 1.5 times the measured one, the Gaussian tails summed over the 6 distances give a
+    failure probability by AIHWKit's noise alone below 1e-5."""
+    assert_within_limits("conv")
 
 
 # --- AIHWKit's CPU noise ----------------------------------------------------------------------
