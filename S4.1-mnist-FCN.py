@@ -7,7 +7,7 @@ with weights bounded by ±τ (as in the authors' code).
 writes results/runs/MNIST-FCN/Analog SGD-tau=0.78/seed0/ (config.json, metrics.jsonl, checkpoint.pt,
 TensorBoard events). Rerunning the command resumes an interrupted run or skips a finished one.
 docs/results.md lists the runs of the figure; S4.1-plot-FCN.py draws it. MNIST is fetched into --data-root
-on first use (see utils/data.py).
+on first use (see utils/data/mnist.py).
 """
 
 from utils.mnist import mnist_main

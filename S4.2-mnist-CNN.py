@@ -7,7 +7,7 @@ SGD or Tiki-Taka v1 on soft-bounds devices with weights bounded by ±τ (as in t
 writes results/runs/MNIST-CNN/TT-v1-tau=0.7/seed0/ (config.json, metrics.jsonl, checkpoint.pt,
 TensorBoard events). Rerunning the command resumes an interrupted run or skips a finished one.
 docs/results.md lists the runs of the figure; S4.2-plot-CNN.py draws it. MNIST is fetched into --data-root
-on first use (see utils/data.py).
+on first use (see utils/data/mnist.py).
 """
 
 from utils.mnist import mnist_main

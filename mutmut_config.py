@@ -6,7 +6,7 @@ Tiki-Taka transfer of utils/analog_torch/tile.py, and the update rules of utils/
 other mutant is skipped (it costs nothing), and so are, inside the core,
 - the text of a ``raise`` (a message: tests/test_bad_input.py checks what the user reads), and
 - the lines that hand the work to the C++ kernels (``native``): the tests below run the tensor
-  operations; the kernels are checked against them in tests/test_torch_backend.py and by the
+  operations; the kernels are checked against them in tests/test_simulator.py and by the
   hand mutations of tests/mutate_kernels.sh.
 """
 

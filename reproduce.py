@@ -19,7 +19,7 @@ run again; an unfinished one resumes where it stopped; one that cannot run here 
 the reason. So after an interruption, a failure or a preemption, run the same command again.
 Budgets: paper (each script's defaults, into results/) and smoke (tiny steps and epochs, a slice of
 CIFAR-10 at 32 px, into results/smoke/: checks a machine end to end; its numbers mean nothing).
-Data is fetched once, before the runs start (MNIST: see utils/data.py). Each run's output goes to
+Data is fetched once, before the runs start (MNIST: see utils/data/mnist.py). Each run's output goes to
 OUT/logs/<run>.log; a failing run is reported with its log and the others go on; the exit status
 is 1 if any step failed. --report only rewrites REPRODUCTION.md from OUT.
 """
@@ -164,9 +164,10 @@ def prepare_data(steps: list, budget, args: argparse.Namespace) -> None:
     """Fetch what the todo runs need (once, before any run starts, so parallel runs never race
     for a download); runs whose data cannot be had are marked skipped with the reason."""
     from utils.cli import UserError
-    from utils.data import find_cifar10, load_cifar10, load_mnist, write_cifar10_subset
-    from utils.models import load_backbone_weights
+    from utils.data.cifar10 import find_cifar10, load_cifar10, write_cifar10_subset
+    from utils.data.mnist import load_mnist
     from utils.reproduce.plan import smoke_cifar_root
+    from utils.weights import load_backbone_weights
 
     needed = {n for s in steps if s.status == "todo" for n in s.needs}
     failed: dict[str, str] = {}

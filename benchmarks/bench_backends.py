@@ -53,7 +53,7 @@ TAU = 0.7
 def images(root: Path, count: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """``count`` training images and labels: MNIST's first ones if it is in ``root``, else
     uniform random ones. Also says which."""
-    from utils.data import find_files, load_mnist
+    from utils.data.mnist import find_files, load_mnist
 
     if find_files(root) is not None:
         train = load_mnist(root, download=False).train

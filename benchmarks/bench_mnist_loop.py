@@ -1,4 +1,4 @@
-"""Overhead of our training loop (utils.engine.train_one_epoch over utils.data.TensorLoader) over bare
+"""Overhead of our training loop (utils.engine.train_one_epoch over utils.data.mnist.TensorLoader) over bare
 AIHWKit forward + backward + update on the same in-memory batches, and the time of one MNIST epoch.
 
     python benchmarks/bench_mnist_loop.py [--model fcn|cnn] [--steps 300] [--threads 1]
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 from utils.backend import AIHWKIT  # noqa: E402
-from utils.data import TensorLoader, find_files, load_mnist, write_synthetic_mnist  # noqa: E402
+from utils.data.mnist import TensorLoader, find_files, load_mnist, write_synthetic_mnist  # noqa: E402
 from utils.engine import EVAL_BATCH, evaluate, train_one_epoch  # noqa: E402
 from utils.models import build_network  # noqa: E402
 from utils.paper import MNIST_BATCH_SIZE  # noqa: E402

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from anywhere
 from utils.analog_torch.presets import SETTINGS  # noqa: E402
 from utils.backend import make_backend  # noqa: E402
-from utils.data import CifarImages, ImageLoader  # noqa: E402
+from utils.data.cifar10 import CifarImages, ImageLoader  # noqa: E402
 from utils.finetune import BASE_LR, DW_MIN_STATES, analog_sgd, lr_groups  # noqa: E402
 from utils.models import build_resnet  # noqa: E402
 

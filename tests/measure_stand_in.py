@@ -1,4 +1,4 @@
-"""The spread behind the margins of test_torch_backend.py's stand-in training tests.
+"""The spread behind the margins of test_fidelity.py's stand-in training tests.
 
     python tests/measure_stand_in.py [repeats]
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_torch_backend import stand_in_accuracies  # noqa: E402
+from utils.fidelity import stand_in_accuracies  # noqa: E402
 
 if __name__ == "__main__":
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 20

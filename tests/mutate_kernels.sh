@@ -7,7 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 SRC=utils/analog_torch/csrc/kernels.cpp
-# name | sed expression | pytest -k selection in tests/test_torch_backend.py
+# name | sed expression | pytest -k selection in tests/test_simulator.py and tests/test_fidelity.py
 MUTATIONS=(
   'pulse-slope|s#(down ? -step : step) \* (1.0f - v / bound);#(down ? -step : step);#|test_update_mean_and_variance_match_aihwkit and pulse'
   'dac-step|s#xq\[j\] = quantize(xq\[j\], step);#xq[j] = quantize(xq[j], 0.5f * step);#|test_dac_and_adc_steps_are_the_configured_resolutions'
@@ -26,7 +26,7 @@ for entry in "${MUTATIONS[@]}"; do
   cp "$BACKUP" "$SRC"
   sed -i "$expr" "$SRC"
   if cmp -s "$BACKUP" "$SRC"; then echo "$name: the sed line no longer applies"; continue; fi
-  if python -m pytest -x -q -n 0 -p no:cacheprovider tests/test_torch_backend.py \
+  if python -m pytest -x -q -n 0 -p no:cacheprovider tests/test_simulator.py tests/test_fidelity.py \
       -k "$selection" >/dev/null 2>&1; then
     echo "$name: SURVIVED ($selection)"
   else

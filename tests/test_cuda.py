@@ -28,7 +28,7 @@ from utils.analog_torch import native, presets
 from utils.analog_torch import nn as tnn
 from utils.analog_torch.tile import AnalogTile, _res_step, analog_mvm, set_compile
 from utils.backend import TorchBackend
-from utils.data import write_synthetic_mnist
+from utils.data.mnist import write_synthetic_mnist
 from utils.models import build_network
 from utils.runs import read_metrics, read_record
 

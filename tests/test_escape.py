@@ -1,6 +1,6 @@
 """The stuck-probability study (S4.3): its statistics, its records and its scripts' bad input.
 
-The scripts run in-process on a small synthetic MNIST (utils.data.write_synthetic_mnist).
+The scripts run in-process on a small synthetic MNIST (utils.data.mnist.write_synthetic_mnist).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.data import write_synthetic_mnist
+from utils.data.mnist import write_synthetic_mnist
 from utils.escape import escape_epoch, still_at_chance, stuck_main, wilson_interval
 from utils.escape_report import load_groups, plot_main, table_row
 from utils.paper import ESCAPE_ACC

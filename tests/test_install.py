@@ -12,7 +12,7 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from utils.data import write_synthetic_mnist
+from utils.data.mnist import write_synthetic_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """The MNIST pipeline of Figure 5: data files, models, the training loop and its scripts.
 
-Training runs use a small synthetic MNIST in the original file format (utils.data.
+Training runs use a small synthetic MNIST in the original file format (utils.data.mnist.
 write_synthetic_mnist) and go through the real scripts in a subprocess.
 """
 
@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from utils.backend import AIHWKIT, load_model_state
 from utils.cli import UserError
-from utils.data import FILES, GZ_MD5, TensorLoader, load_mnist, write_synthetic_mnist
+from utils.data.mnist import FILES, GZ_MD5, TensorLoader, load_mnist, write_synthetic_mnist
 from utils.engine import train_one_epoch
 from utils.models import build_network
 from utils.rpu_configs import SETTINGS, rpu_config

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.data import write_synthetic_mnist
+from utils.data.mnist import write_synthetic_mnist
 from utils.runs import run_folder
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.data import write_synthetic_mnist
+from utils.data.mnist import write_synthetic_mnist
 from utils.runs import TENSORBOARD_TAGS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import reproduce
-from utils.data import write_synthetic_cifar10, write_synthetic_mnist
+from utils.data.cifar10 import write_synthetic_cifar10
+from utils.data.mnist import write_synthetic_mnist
 from utils.paper import LEAST_SQUARES
 from utils.reproduce import plan as plan_module
 from utils.reproduce.launch import RunTask, step_cuda
@@ -92,7 +93,7 @@ def test_cifar_runs_are_skipped_with_the_reason_when_data_or_weights_are_missing
     # CIFAR-10 here, and the weights of ResNet18 only: its three runs become runnable
     write_synthetic_cifar10(tmp_path / "data" / "CIFAR10", n_train=20, n_test=10)
     write_synthetic_mnist(tmp_path / "data", n_train=20, n_test=10)
-    from utils.models import imagenet_weights_file
+    from utils.weights import imagenet_weights_file
 
     weights = imagenet_weights_file("Resnet18")[1]
     weights.parent.mkdir(parents=True)
@@ -164,7 +165,7 @@ def test_smoke_plan_uses_tiny_budgets(tmp_path, mnist_root, no_weights):
 
 
 def test_smoke_cifar_is_a_slice_of_the_real_files(tmp_path):
-    from utils.data import find_cifar10, read_cifar10, write_cifar10_subset
+    from utils.data.cifar10 import find_cifar10, read_cifar10, write_cifar10_subset
 
     full = read_cifar10(write_synthetic_cifar10(tmp_path / "full", n_train=50, n_test=20))
     part = read_cifar10(write_cifar10_subset(full, tmp_path / "part", n_train=30, n_test=10))

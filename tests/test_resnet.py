@@ -1,7 +1,7 @@
 """Table 2's fine-tuning pipeline: CIFAR-10 files, the ResNet with an analog head, its named
 learning-rate groups, the training script end to end, resume, the table.
 
-Training runs use a tiny learnable CIFAR-10 in the original pickled format (utils.data.
+Training runs use a tiny learnable CIFAR-10 in the original pickled format (utils.data.cifar10.
 write_synthetic_cifar10), a randomly initialised ResNet18 (--weights none) at 32 px, and go through
 the real script in a subprocess.
 """
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from utils.backend import AIHWKIT, load_model_state
 from utils.cli import UserError
-from utils.data import (
+from utils.data.cifar10 import (
     CIFAR_FOLDER,
     CIFAR_TEST,
     CifarImages,

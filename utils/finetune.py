@@ -241,9 +241,10 @@ def run_folder(out: Path, model: str, weights_label: str, full_fine_tune: bool, 
 def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validate the flags, load the weights and CIFAR-10, train. Every check that can fail runs
     before the run folder is touched."""
-    from utils.data import CifarImages, ImageLoader, load_cifar10
+    from utils.data.cifar10 import CifarImages, ImageLoader, load_cifar10
     from utils.engine import fit
-    from utils.models import build_resnet, load_backbone_weights
+    from utils.models import build_resnet
+    from utils.weights import load_backbone_weights
 
     backend = from_args(args)
     suffix = backend.suffix

@@ -34,7 +34,7 @@ def train_mnist(args: argparse.Namespace, network: str, *, study: str = "",
     can fail runs before a run folder is touched. S4.3 adds a ``study`` name to the experiment
     folder, may turn the tiles' learnable output scaling off (``out_scaling``) and records a
     ``probe`` (batched backends only) per epoch."""
-    from utils.data import TensorLoader, load_mnist
+    from utils.data.mnist import TensorLoader, load_mnist
 
     backend = from_args(args)
     device = backend.training_device(args.CUDA)

