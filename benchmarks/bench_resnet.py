@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file
 from utils.analog_torch.presets import SETTINGS  # noqa: E402
 from utils.backend import make_backend  # noqa: E402
 from utils.data.cifar10 import CifarImages, ImageLoader  # noqa: E402
-from utils.finetune import BASE_LR, DW_MIN_STATES, analog_sgd, lr_groups  # noqa: E402
+from utils.finetune import DW_MIN_STATES, analog_sgd, lr_groups  # noqa: E402
 from utils.models import build_resnet  # noqa: E402
+from utils.paper import TABLE2_LR  # noqa: E402
 
 TRAIN_IMAGES = 50_000
 
@@ -63,7 +64,7 @@ def bench_setting(setting: str, args: argparse.Namespace, device: torch.device,
                          backend)
     model.autocast_dtype, model.channels_last = autocast, device.type == "cuda"
     model.place(device, head_device).train()
-    optimizer = analog_sgd(lr_groups(model, BASE_LR[setting]), BASE_LR[setting], backend)
+    optimizer = analog_sgd(lr_groups(model, TABLE2_LR[setting]), TABLE2_LR[setting], backend)
     n = args.batch_size
     x = torch.randn(n, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, 10, (n,), device=device)
@@ -75,7 +76,7 @@ def bench_setting(setting: str, args: argparse.Namespace, device: torch.device,
 
     features = torch.randn(n, model.head.in_features, device=head_device)
     head_y = y.to(head_device)
-    head_opt = analog_sgd(lr_groups(model, BASE_LR[setting]), BASE_LR[setting], backend)
+    head_opt = analog_sgd(lr_groups(model, TABLE2_LR[setting]), TABLE2_LR[setting], backend)
 
     def head_step() -> None:
         head_opt.zero_grad()

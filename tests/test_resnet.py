@@ -31,8 +31,9 @@ from utils.data.cifar10 import (
     load_cifar10,
     write_synthetic_cifar10,
 )
-from utils.finetune import BASE_LR, DW_MIN_STATES, analog_sgd, lr_groups
+from utils.finetune import DW_MIN_STATES, analog_sgd, lr_groups
 from utils.models import build_resnet
+from utils.paper import TABLE2_LR
 from utils.rpu_configs import SETTINGS, rpu_config
 from utils.runs import read_metrics, read_record
 
@@ -182,7 +183,7 @@ def _group_lrs(groups: list[dict]) -> dict[str, float]:
 def test_named_groups_repeat_the_authors_positional_groups(name, setting):
     """Per parameter, the named groups give the lr of the authors' two groups: every tensor of
     model.parameters() but the last at lr/10, the last one at lr."""
-    net, lr = model(setting, name), BASE_LR[setting]
+    net, lr = model(setting, name), TABLE2_LR[setting]
     family = "FP SGD" if setting == "FP SGD" else "Analog SGD"
     groups = lr_groups(net, lr, "authors")
     assert {g["name"]: g["lr"] for g in groups} == pytest.approx(AUTHORS[(name, family)])
@@ -195,9 +196,9 @@ def test_named_groups_repeat_the_authors_positional_groups(name, setting):
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_intended_groups_train_the_head_at_the_full_lr(setting):
     family = "FP SGD" if setting == "FP SGD" else "Analog SGD"
-    groups = lr_groups(model(setting), BASE_LR[setting], "intended")
+    groups = lr_groups(model(setting), TABLE2_LR[setting], "intended")
     assert {g["name"]: g["lr"] for g in groups} == pytest.approx(INTENDED[family])
-    frozen = lr_groups(model(setting, freeze=True), BASE_LR[setting], "intended")
+    frozen = lr_groups(model(setting, freeze=True), TABLE2_LR[setting], "intended")
     assert "backbone" not in {g["name"] for g in frozen}
 
 
@@ -205,8 +206,8 @@ def test_intended_groups_train_the_head_at_the_full_lr(setting):
 @pytest.mark.parametrize("setting", ["Analog SGD", "TT-v1"])
 def test_each_tile_trains_at_the_lr_of_the_group_holding_its_context(mode, setting):
     net = model(setting, "Resnet50")
-    groups = lr_groups(net, BASE_LR[setting], mode)
-    optimizer = analog_sgd(groups, BASE_LR[setting])
+    groups = lr_groups(net, TABLE2_LR[setting], mode)
+    optimizer = analog_sgd(groups, TABLE2_LR[setting])
     optimizer.zero_grad()
     F.cross_entropy(net(torch.rand(4, 3, 32, 32)), torch.arange(4)).backward()
     optimizer.step()
@@ -269,7 +270,7 @@ def test_each_setting_trains_through_the_script(setting, trained):
     assert config["weights"] == "none" and config["image_size"] == 32
     assert config["setting"] == setting and config["full_fine_tune"] is True
     assert config["lr_groups_mode"] == "authors" and config["loss"] == "cross_entropy"
-    assert (config["lr_step"], config["lr_gamma"], config["lr"]) == (50, 0.1, BASE_LR[setting])
+    assert (config["lr_step"], config["lr_gamma"], config["lr"]) == (50, 0.1, TABLE2_LR[setting])
     assert config["environment"]["aihwkit"] == "1.1.0"
     assert ("SoftBoundsReferenceDevice" in config["rpu_config"]) == (setting != "FP SGD")
     assert (folder / "checkpoint.pt").is_file() and list(folder.glob("events.out.tfevents.*"))

@@ -29,6 +29,12 @@ class Parser(argparse.ArgumentParser):
         fail(f"{message} (see --help)", prog=self.prog)
 
 
+def one_line(err: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (its type's name if it has
+    none): the detail inside a UserError's one line."""
+    return " ".join(str(err).split())[:limit] or type(err).__name__
+
+
 def fail(message: str, prog: str | None = None) -> NoReturn:
     prog = prog or Path(sys.argv[0]).name
     print(f"{prog}: error: {message}", file=sys.stderr)

@@ -38,13 +38,11 @@ from torch.optim.lr_scheduler import StepLR
 from tqdm import tqdm
 
 from utils.backend import load_model_state
-from utils.cli import UserError
+from utils.cli import UserError, one_line
 from utils.paper import MNIST_LR_GAMMA, MNIST_LR_STEP
 from utils.results import environment
-from utils.runs import RunFolder, one_line, restore_rng
+from utils.runs import RunFolder, restore_rng
 
-LR_STEP = MNIST_LR_STEP    # epochs between lr decays (as in the authors' code)
-LR_GAMMA = MNIST_LR_GAMMA  # lr decay factor
 EVAL_BATCH = 1000  # test images per forward pass (any size gives the same numbers)
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Probe = Callable[[nn.Module], list[dict[str, float]]]
@@ -131,7 +129,7 @@ def fit(folders: list[Path], build_model: Callable[[list[int]], nn.Module], trai
         records: list[dict[str, Any]], batched: bool = False, save_model: bool = False,
         loss_fn: LossFn = F.nll_loss,
         make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-        lr_step: int = LR_STEP, lr_gamma: float = LR_GAMMA,
+        lr_step: int = MNIST_LR_STEP, lr_gamma: float = MNIST_LR_GAMMA,
         to_device: Callable[[nn.Module, torch.device], nn.Module] | None = None,
         may_change: tuple[str, ...] = (), probe: Probe | None = None) -> list[list[dict[str, Any]]]:
     """Train run r into ``folders[r]`` for ``epochs`` epochs (resuming what its folder holds) and
@@ -202,7 +200,7 @@ def _fit_group(indices: list[int], runs: list[RunFolder], build_model, loaders, 
                              if batched else runs[0].checkpoint["model_state_dict"])
         except Exception as err:  # noqa: BLE001
             raise UserError(f"{runs[0].path / 'checkpoint.pt'} does not fit this model "
-                            f"({one_line(err)}); delete it to restart") from None
+                            f"({one_line(err, 300)}); delete it to restart") from None
     model = model.to(device) if to_device is None else to_device(model, device)
     # Built after loading: load_state_dict replaces each tile's AnalogContext parameter, and an
     # optimizer holding the old ones would not train the tiles.

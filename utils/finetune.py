@@ -65,16 +65,11 @@ from utils.paper import (
 from utils.runs import run_name
 
 EXPERIMENT = "CIFAR10-finetune"
-MODELS = TABLE2_MODELS
-BASE_LR = TABLE2_LR  # the authors' lr (halved if analog)
 BACKBONE_LR_FACTOR = 0.1  # the authors' first group: lr/10
 LR_MODES = ("authors", "intended")
-LR_STEP, LR_GAMMA = TABLE2_LR_STEP, TABLE2_LR_GAMMA  # StepLR per epoch
-EPOCHS, BATCH_SIZE, TEST_BATCH = TABLE2_EPOCHS, TABLE2_BATCH_SIZE, 128
+TEST_BATCH = 128
 WORKERS = 6  # the authors' DataLoader workers
 DW_MIN_STATES = 600  # Δw_min = τ/600: 1,200 pulses from -τ to τ (as in the authors' code)
-PAPER_TAU = TABLE2_TAU
-IMAGE_SIZE = TABLE2_IMAGE_SIZE
 # Settings a resumed run may change: they do not change its numbers (the weights file may move;
 # its SHA-256 may not).
 MAY_CHANGE = ("workers", "channels_last", "head_device", "weights_file")
@@ -161,14 +156,14 @@ def analog_sgd(groups: list[dict[str, Any]], lr: float, backend: Backend = AIHWK
 def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     """The authors' flags (with their short forms) and their defaults, then run and data management."""
     p = parser
-    p.add_argument("-model", "--model", choices=MODELS, default=MODELS[0],
+    p.add_argument("-model", "--model", choices=TABLE2_MODELS, default=TABLE2_MODELS[0],
                    help="torchvision ResNet to fine-tune (default: %(default)s)")
     p.add_argument("-FFT", "--full-fine-tune", action="store_true",
                    help="train the whole network (the paper's runs); without it the backbone is "
                         "frozen and only the classifier trains")
     p.add_argument("-opt", "--optimizer", choices=SETTINGS, default=SETTINGS[0],
                    help="training algorithm of the classifier tile (default: %(default)s)")
-    p.add_argument("-tau", "--tau", type=positive_float, default=PAPER_TAU,
+    p.add_argument("-tau", "--tau", type=positive_float, default=TABLE2_TAU,
                    help="device bound τ: head weights live in [-τ, τ], Δw_min = τ/600; ignored by "
                         "FP SGD (default: %(default)s, the paper's)")
     p.add_argument("-CUDA", "--CUDA", type=int, default=-1,
@@ -180,10 +175,10 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="torch seed of the head's initial weights, the data order and the flips "
                         "(default: %(default)s)")
-    p.add_argument("--epochs", type=positive_int, default=EPOCHS,
+    p.add_argument("--epochs", type=positive_int, default=TABLE2_EPOCHS,
                    help="training epochs (default: %(default)s); a larger value continues a "
                         "finished run")
-    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+    p.add_argument("--batch-size", type=positive_int, default=TABLE2_BATCH_SIZE,
                    help="training mini-batch size (default: %(default)s)")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="base learning rate, divided by 10 after every 50 epochs (default: 0.15 "
@@ -207,7 +202,7 @@ def add_finetune_flags(parser: argparse.ArgumentParser) -> None:
                         "(default: %(default)s, the authors')")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads of torch in the main process (default: torch's own)")
-    p.add_argument("--image-size", type=positive_int, default=IMAGE_SIZE,
+    p.add_argument("--image-size", type=positive_int, default=TABLE2_IMAGE_SIZE,
                    help="side the 32x32 images are resized to (default: %(default)s, the authors'); "
                         "smaller values make quick CPU runs")
     p.add_argument("--no-amp", action="store_true",
@@ -262,7 +257,7 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
     autocast = (torch.bfloat16 if gpu and not args.no_amp and torch.cuda.is_bf16_supported()
                 else None)
     channels_last = gpu and not args.no_channels_last
-    lr = args.lr if args.lr is not None else BASE_LR[setting]
+    lr = args.lr if args.lr is not None else TABLE2_LR[setting]
     freeze = not args.full_fine_tune
 
     def build() -> nn.Module:
@@ -293,7 +288,7 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
           f"{run_name(setting, tau)} seed {args.seed}: {len(data.train_labels)} training images "
           f"from {data.folder}, {args.image_size} px, batch {args.batch_size}, {args.epochs} "
           f"epochs; backbone on {device}{amp}, head on {head_device}")
-    print(f"learning rates ({args.lr_groups}; StepLR x{LR_GAMMA} every {LR_STEP} epochs):")
+    print(f"learning rates ({args.lr_groups}; StepLR x{TABLE2_LR_GAMMA} every {TABLE2_LR_STEP} epochs):")
     for g in groups:
         print(f"  {g['name']:<28s} lr {g['lr']:<8g} {g['tensors']:4d} tensors, {g['values']:,} values")
     if setting == "TT-v1":
@@ -311,7 +306,7 @@ def train_finetune(args: argparse.Namespace) -> list[dict[str, Any]]:
         lr=lr, epochs=args.epochs, seeds=[args.seed], device=device, records=[record],
         save_model=args.save_checkpoint, loss_fn=F.cross_entropy,
         make_optimizer=lambda model: analog_sgd(lr_groups(model, lr, args.lr_groups), lr, backend),
-        lr_step=LR_STEP, lr_gamma=LR_GAMMA,
+        lr_step=TABLE2_LR_STEP, lr_gamma=TABLE2_LR_GAMMA,
         to_device=lambda model, dev: model.place(dev, head_device), may_change=MAY_CHANGE)[0]
 
 

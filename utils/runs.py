@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from utils.cli import UserError, fail
+from utils.cli import UserError, fail, one_line
 from utils.results import UMASK, atomic_write_bytes, environment, write_json, write_jsonl
 
 MAY_CHANGE_ON_RESUME = ("epochs", "threads", "device", "save_checkpoint")
@@ -107,7 +107,7 @@ def _text(path: Path) -> str:
     try:
         return Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise _damaged(Path(path), 1, " ".join(str(err).split())[:120]) from None
+        raise _damaged(Path(path), 1, one_line(err, 120)) from None
 
 
 def read_record(path: Path, missing_ok: bool = False) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def read_metrics(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
         try:
             row = json.loads(line, parse_constant=_refuse_constant)
         except ValueError as err:
-            raise _damaged(path, number, " ".join(str(err).split())[:120]) from None
+            raise _damaged(path, number, one_line(err, 120)) from None
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
             raise _damaged(path, number, "not an epoch's row")
         rows.append(row)
@@ -226,11 +226,6 @@ def _load_checkpoint(path: Path) -> Any:
 
 
 # --- resume: the identity of a run ------------------------------------------------------------------
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (at most 300 characters)."""
-    return " ".join(str(err).split())[:300] or type(err).__name__
-
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
@@ -342,7 +337,7 @@ class RunFolder:
         try:
             ckpt = _load_checkpoint(path)
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise UserError(f"{path}: unreadable or corrupt ({one_line(err)}); "
+            raise UserError(f"{path}: unreadable or corrupt ({one_line(err, 300)}); "
                             "delete it to restart the run") from None
         keys = {"epoch", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict"}
         if not isinstance(ckpt, dict) or not keys <= ckpt.keys():

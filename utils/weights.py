@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from utils.cli import UserError
+from utils.cli import UserError, one_line
 from utils.models import RESNETS, _without_fc
 
 IMAGENET_WEIGHTS = "IMAGENET1K_V1"  # the torchvision weights the authors fine-tune
@@ -100,7 +100,7 @@ def _download(url: str, path: Path) -> str | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path))
     except Exception as err:  # noqa: BLE001 - reported with the options
-        return " ".join(str(err).split())[:200] or type(err).__name__
+        return one_line(err, 200)
     finally:
         socket.setdefaulttimeout(old)
     return None

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from utils.cli import UserError
-from utils.data.common import epoch_seed, one_line, torchvision_download
+from utils.cli import UserError, one_line
+from utils.data.common import epoch_seed, torchvision_download
 from utils.results import atomic_write_bytes
 
 CLASSES = 10
@@ -74,7 +74,7 @@ def read_cifar_batch(path: Path, official_md5: str | None = None
         flat = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry["labels"], dtype=np.int64)
     except Exception as err:  # noqa: BLE001 - any unreadable batch is reported the same way
-        raise UserError(f"{path}: not a CIFAR-10 batch file ({one_line(err)[:200]}); delete it "
+        raise UserError(f"{path}: not a CIFAR-10 batch file ({one_line(err, 200)}); delete it "
                         "and rerun") from None
     if flat.ndim != 2 or flat.shape[1] != 3 * CIFAR_SIDE**2 or len(flat) != len(labels):
         raise UserError(f"{path}: {flat.shape} pixel rows do not match {len(labels)} labels of "

@@ -1,5 +1,5 @@
-"""What the MNIST and CIFAR-10 loaders share: torchvision's download, one-line error text and the
-per-epoch seed of a shuffled loader."""
+"""What the MNIST and CIFAR-10 loaders share: torchvision's download and the per-epoch seed of a
+shuffled loader."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (its type's name if it has none)."""
-    return " ".join(str(err).split()) or type(err).__name__
+from utils.cli import one_line
 
 
 def torchvision_download(dataset: str, root: Path) -> str | None:
@@ -31,7 +28,7 @@ def torchvision_download(dataset: str, root: Path) -> str | None:
         finally:
             socket.setdefaulttimeout(old)
     except Exception as err:  # noqa: BLE001 - any failure means: try the next source
-        return one_line(err)[:200]
+        return one_line(err, 200)
     return None
 
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from utils.cli import UserError
-from utils.data.common import epoch_seed, one_line, torchvision_download
+from utils.cli import UserError, one_line
+from utils.data.common import epoch_seed, torchvision_download
 from utils.results import atomic_write_bytes
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
